@@ -1,0 +1,23 @@
+"""ARC-AGI TRM (paper: ARC-AGI-1 + ConceptARC training tasks, 1000 augmentations each).
+
+Variants: (none) the paper's attention TRM (H3 L4, 2 layers, puzzle embeddings lr 1e-2);
+``arc2`` trains/evaluates on ARC-AGI-2; ``tiny`` a CPU-sized run.
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    variants = common.parse_variants(arg, ("arc2", "tiny"))
+    config = common.training(epochs=100000, eval_interval=10000, checkpoint_interval=10000)
+    config.model = common.trm_model(seq_len=900, vocab_size=12, num_puzzle_identifiers=1,
+                                    H_cycles=3, L_cycles=4, L_layers=2)
+    config.data = ml_collections.ConfigDict(dict(name="arc", data_dir="", options=dict()))
+    if "arc2" in variants:
+        config.data.options.version = 2
+    if "tiny" in variants:
+        common.tiny_model(config.model)
+        config.update(dict(global_batch_size=16, epochs=20, eval_interval=100, checkpoint_interval=100,
+                           lr=1e-3, lr_warmup_steps=20, log_interval=10))
+    return config

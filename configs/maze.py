@@ -1,0 +1,24 @@
+"""Maze-Hard TRM (paper: 30x30 mazes, 1k training mazes x 8 dihedral augmentations).
+
+Variants: (none) the paper's attention TRM (H3 L4, 2 layers); ``tiny`` a CPU-sized run.
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    variants = common.parse_variants(arg, ("tiny",))
+    config = common.training(
+        epochs=50000, eval_interval=5000, checkpoint_interval=5000,
+        lr=1e-4, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0, ema=True,
+    )
+    config.model = common.trm_model(seq_len=900, vocab_size=6, num_puzzle_identifiers=1,
+                                    H_cycles=3, L_cycles=4, L_layers=2)
+    config.data = ml_collections.ConfigDict(dict(name="maze", data_dir="", options=dict()))
+    if "tiny" in variants:
+        common.tiny_model(config.model)
+        config.update(dict(global_batch_size=16, epochs=200, eval_interval=100, checkpoint_interval=100,
+                           lr=1e-3, puzzle_emb_lr=1e-2, lr_warmup_steps=20, weight_decay=0.1,
+                           puzzle_emb_weight_decay=0.1, log_interval=10, ema=False))
+    return config

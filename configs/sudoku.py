@@ -1,0 +1,30 @@
+"""Sudoku-Extreme TRM (paper: 1k training puzzles x 1000 augmentations).
+
+Variants (``--config=configs/sudoku.py:VARIANTS``, comma-separated):
+  (none)  attention TRM, the paper's hyper-parameters (hidden 512, H3 L6, 2 layers, RoPE).
+  mlp     TRM-MLP: the reference's ``mlp_t=True, pos_encodings=none`` (best Sudoku result).
+  tiny    a CPU-sized model and dataset that trains visibly in a few minutes.
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    variants = common.parse_variants(arg, ("mlp", "tiny"))
+    config = common.training(
+        epochs=50000, eval_interval=5000, checkpoint_interval=5000,
+        lr=1e-4, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0, ema=True,
+    )
+    config.model = common.trm_model(seq_len=81, vocab_size=11, num_puzzle_identifiers=1,
+                                    H_cycles=3, L_cycles=6, L_layers=2)
+    config.data = ml_collections.ConfigDict(dict(name="sudoku", data_dir="", options=dict()))
+    if "mlp" in variants:
+        config.model.mlp_t = True
+        config.model.pos_encodings = "none"
+    if "tiny" in variants:
+        common.tiny_model(config.model)
+        config.update(dict(global_batch_size=64, epochs=2000, eval_interval=200, checkpoint_interval=200,
+                           lr=1e-3, puzzle_emb_lr=1e-2, lr_warmup_steps=20, weight_decay=0.1,
+                           puzzle_emb_weight_decay=0.1, log_interval=10, ema=False))
+    return config

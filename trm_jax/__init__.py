@@ -1,0 +1,23 @@
+"""trm_jax: Tiny Recursive Reasoning Models (TRM) in JAX/Flax.
+
+Public API::
+
+    import trm_jax
+    model = trm_jax.build_model(model_cfg)                  # flax.linen.Module
+    variables = trm_jax.from_torch(state_dict, model_cfg)   # reference checkpoint -> Flax variables
+    carry = trm_jax.initial_carry(model_cfg, batch)         # every row halted
+    carry, out = model.apply(variables, carry, batch, train=False)
+    state_dict = trm_jax.to_torch(variables, model_cfg)     # and back
+"""
+from trm_jax.losses import act_loss, normalize_metrics, softmax_cross_entropy, stablemax_cross_entropy
+from trm_jax.models import (ACTCarry, ConfigError, TRM, TRMConfig, build_model, dummy_batch, init_variables,
+                            initial_carry)
+from trm_jax.torch_io import StateDictError, from_torch, to_torch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTCarry", "ConfigError", "StateDictError", "TRM", "TRMConfig", "act_loss", "build_model", "dummy_batch",
+    "from_torch", "init_variables", "initial_carry", "normalize_metrics", "softmax_cross_entropy",
+    "stablemax_cross_entropy", "to_torch",
+]

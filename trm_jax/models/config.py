@@ -1,0 +1,143 @@
+"""Typed, validated model configuration with the reference architecture's field names.
+
+A user's Hydra ``arch/trm.yaml`` maps one to one onto :class:`TRMConfig`; the
+``model`` section of an ``ml_collections`` config is converted with
+:func:`TRMConfig.from_any`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Union
+
+import jax.numpy as jnp
+
+_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+_POS_ENCODINGS = ("rope", "learned", "none")
+_LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot describe a valid TRM."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TRMConfig:
+    """Hyper-parameters of the TRM (reference ``TinyRecursiveReasoningModel_ACTV1Config``)."""
+
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int = 1
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    H_cycles: int = 3
+    L_cycles: int = 6
+    H_layers: int = 0  # ignored by the TRM (kept so reference configs map one to one)
+    L_layers: int = 2
+    puzzle_emb_ndim: int = 512
+    puzzle_emb_len: int = 16
+    pos_encodings: str = "rope"
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    forward_dtype: str = "bfloat16"
+    mlp_t: bool = False
+    no_ACT_continue: bool = True
+    loss_type: str = "stablemax_cross_entropy"
+    attention_impl: str = "xla"  # "xla" or "cudnn" (jax.nn.dot_product_attention)
+
+    def __post_init__(self) -> None:
+        errors = []
+        for name in ("seq_len", "vocab_size", "hidden_size", "num_heads", "H_cycles", "L_cycles",
+                     "L_layers", "halt_max_steps", "num_puzzle_identifiers"):
+            if int(getattr(self, name)) < 1:
+                errors.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.hidden_size % max(self.num_heads, 1):
+            errors.append(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        elif self.pos_encodings == "rope" and (self.hidden_size // max(self.num_heads, 1)) % 2:
+            errors.append("rope needs an even head dim (hidden_size/num_heads)")
+        if self.pos_encodings not in _POS_ENCODINGS:
+            errors.append(f"pos_encodings={self.pos_encodings!r} not in {_POS_ENCODINGS}")
+        if self.forward_dtype not in _DTYPES:
+            errors.append(f"forward_dtype={self.forward_dtype!r} not in {tuple(_DTYPES)}")
+        if self.loss_type not in _LOSS_TYPES:
+            errors.append(f"loss_type={self.loss_type!r} not in {_LOSS_TYPES}")
+        if self.attention_impl not in ("xla", "cudnn"):
+            errors.append(f"attention_impl={self.attention_impl!r} not in ('xla', 'cudnn')")
+        if self.puzzle_emb_ndim < 0 or self.puzzle_emb_len < 0:
+            errors.append("puzzle_emb_ndim and puzzle_emb_len must be >= 0")
+        elif self.puzzle_emb_ndim > self.puzzle_len * self.hidden_size:
+            errors.append(f"puzzle_emb_ndim={self.puzzle_emb_ndim} exceeds puzzle_emb_len*hidden_size="
+                          f"{self.puzzle_len * self.hidden_size}")
+        if not 0.0 <= self.halt_exploration_prob <= 1.0:
+            errors.append(f"halt_exploration_prob={self.halt_exploration_prob} not in [0, 1]")
+        if errors:
+            raise ConfigError("invalid model config: " + "; ".join(errors))
+
+    @property
+    def puzzle_len(self) -> int:
+        """P, the number of puzzle-embedding prefix positions.
+
+        As in the reference, ``puzzle_emb_len`` when non-zero, else
+        ``ceil(puzzle_emb_ndim / hidden_size)``. Without puzzle embeddings
+        (``puzzle_emb_ndim == 0``) there is no prefix: the reference would fail
+        on a non-zero ``puzzle_emb_len`` there, we take P = 0.
+        """
+        if self.puzzle_emb_ndim == 0:
+            return 0
+        if self.puzzle_emb_len:
+            return self.puzzle_emb_len
+        return -(self.puzzle_emb_ndim // -self.hidden_size)
+
+    @property
+    def total_len(self) -> int:
+        """Length of the hidden sequence, ``seq_len + P``."""
+        return self.seq_len + self.puzzle_len
+
+    @property
+    def dtype(self) -> Any:
+        return _DTYPES[self.forward_dtype]
+
+    @classmethod
+    def from_any(cls, cfg: Union["TRMConfig", Mapping[str, Any], Any]) -> "TRMConfig":
+        """Build from a TRMConfig, a dict or an ``ml_collections.ConfigDict``.
+
+        Keys that are not model fields (e.g. HESC or data options living in the
+        same config section) are ignored; types are coerced so command-line
+        overrides such as ``--config.model.expansion=4`` work.
+        """
+        if isinstance(cls, type) and isinstance(cfg, cls):
+            return cfg
+        if hasattr(cfg, "to_dict"):
+            cfg = cfg.to_dict()
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"expected a mapping or ConfigDict for the model config, got {type(cfg).__name__}")
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            if field.name in cfg:
+                value = cfg[field.name]
+                kwargs[field.name] = _coerce(field.name, value, field.type)
+        missing = [n for n in ("seq_len", "vocab_size") if n not in kwargs]
+        if missing:
+            raise ConfigError(f"model config is missing required fields: {missing}")
+        return cls(**kwargs)
+
+
+def _coerce(name: str, value: Any, type_name: str) -> Any:
+    try:
+        if type_name == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if type_name == "float":
+            return float(value)
+        if type_name == "bool":
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+        if type_name == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"model config field {name}={value!r} is not a valid {type_name}") from None
+    return value

@@ -1,0 +1,152 @@
+"""Building blocks of the TRM: initialisers, RMSNorm, SwiGLU, attention with RoPE.
+
+Every layer keeps float32 parameters and computes in the dtype of its input
+(``forward_dtype``), like the reference's ``CastedLinear``/``CastedEmbedding``.
+Parameter names follow the PyTorch reference so checkpoints map one to one
+(``qkv_proj``, ``o_proj``, ``gate_up_proj``, ``down_proj``); Flax kernels are
+``[in, out]`` (the transpose of torch's ``[out, in]``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Standard deviation of a unit normal truncated to [-2, 2]; dividing by it makes
+# the *truncated* distribution have the requested std (the reference's
+# ``trunc_normal_init_`` does the same correction, JAX's plain
+# ``truncated_normal`` does not).
+_TRUNC_STD = 0.87962566103423978
+
+CosSin = Tuple[jax.Array, jax.Array]
+
+
+def trunc_normal_init(std: float) -> nn.initializers.Initializer:
+    """Normal truncated at +-2 std whose *actual* standard deviation is ``std``."""
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        if std == 0:
+            return jnp.zeros(shape, dtype)
+        return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * (std / _TRUNC_STD)
+
+    return init
+
+
+def lecun_trunc_normal_init() -> nn.initializers.Initializer:
+    """Truncated LeCun normal for a ``[in, out]`` kernel: std = 1/sqrt(in)."""
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        return trunc_normal_init(1.0 / math.sqrt(shape[0]))(key, shape, dtype)
+
+    return init
+
+
+def rms_norm(x: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm over the last axis with no learned scale, computed in float32."""
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    return (x32 * jax.lax.rsqrt(variance + eps)).astype(x.dtype)
+
+
+def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
+    """The reference's inner size: ``round(expansion*D*2/3)`` rounded up to 256."""
+    inter = round(expansion * hidden_size * 2 / 3)
+    return -(inter // -256) * 256
+
+
+def casted_dense(features: int, use_bias: bool, dtype, name: str,
+                 kernel_init: Optional[nn.initializers.Initializer] = None,
+                 bias_init: nn.initializers.Initializer = nn.initializers.zeros) -> nn.Dense:
+    """A bias-optional linear layer with float32 params computing in ``dtype``."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init or lecun_trunc_normal_init(),
+        bias_init=bias_init,
+        name=name,
+    )
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate) * up)`` with a fused gate/up projection; x: [..., hidden_size]."""
+
+    hidden_size: int
+    expansion: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        inter = swiglu_intermediate_size(self.hidden_size, self.expansion)
+        gate_up = casted_dense(2 * inter, False, self.dtype, "gate_up_proj")(x)
+        gate, up = jnp.split(gate_up, 2, axis=-1)
+        return casted_dense(self.hidden_size, False, self.dtype, "down_proj")(nn.silu(gate) * up)
+
+
+def rope_cos_sin(head_dim: int, max_len: int, theta: float) -> CosSin:
+    """cos/sin tables ``[max_len, head_dim]`` (float32), half-split layout."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    t = jnp.arange(max_len, dtype=jnp.float32)
+    freqs = jnp.outer(t, inv_freq)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def _rotate_half(x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(q_BSHK: jax.Array, k_BSHK: jax.Array, cos_sin: CosSin) -> Tuple[jax.Array, jax.Array]:
+    """Rotate q/k ``[B, S, H, K]`` in float32, returning them in their own dtype."""
+    cos, sin = (t[:, None, :] for t in cos_sin)  # [S, 1, K]
+    dtype = q_BSHK.dtype
+    q, k = q_BSHK.astype(cos.dtype), k_BSHK.astype(cos.dtype)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    return q.astype(dtype), k.astype(dtype)
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention with a fused qkv projection, no biases."""
+
+    hidden_size: int
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+    implementation: Optional[str] = None  # jax.nn.dot_product_attention: None (XLA) or "cudnn"
+
+    @nn.compact
+    def __call__(self, x_BSD: jax.Array, cos_sin: Optional[CosSin]) -> jax.Array:
+        B, S, _ = x_BSD.shape
+        head_dim = self.hidden_size // self.num_heads
+        qkv = casted_dense(3 * self.num_heads * head_dim, False, self.dtype, "qkv_proj")(x_BSD)
+        qkv = qkv.reshape(B, S, 3 * self.num_heads, head_dim)
+        q, k, v = jnp.split(qkv, 3, axis=2)  # each [B, S, H, K]
+        if cos_sin is not None:
+            q, k = apply_rope(q, k, cos_sin)
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=False, implementation=self.implementation)
+        out = out.reshape(B, S, self.num_heads * head_dim)
+        return casted_dense(self.hidden_size, False, self.dtype, "o_proj")(out)
+
+
+class CastedEmbedding(nn.Module):
+    """Embedding table (float32 param ``embedding`` [num_embeddings, features]).
+
+    Rows are gathered *before* the cast to ``dtype`` so a large table (the
+    puzzle embeddings, up to ~1M rows) is never cast as a whole.
+    """
+
+    num_embeddings: int
+    features: int
+    init_std: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        table = self.param("embedding", trunc_normal_init(self.init_std),
+                           (self.num_embeddings, self.features), jnp.float32)
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
