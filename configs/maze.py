@@ -15,9 +15,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     )
     config.model = common.trm_model(seq_len=900, vocab_size=6, num_puzzle_identifiers=1,
                                     H_cycles=3, L_cycles=4, L_layers=2)
-    config.data = ml_collections.ConfigDict(dict(name="maze", data_dir="", options=dict()))
+    config.data = ml_collections.ConfigDict(dict(name="maze", data_dir="", options=dict(preset="hard_1k_aug")))
     if "tiny" in variants:
         common.tiny_model(config.model)
+        config.data.options = dict(preset="tiny")
         config.update(dict(global_batch_size=16, epochs=200, eval_interval=100, checkpoint_interval=100,
                            lr=1e-3, puzzle_emb_lr=1e-2, lr_warmup_steps=20, weight_decay=0.1,
                            puzzle_emb_weight_decay=0.1, log_interval=10, ema=False))

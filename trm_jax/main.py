@@ -1,54 +1,69 @@
-"""Command line: ``python -m trm_jax.main --config=configs/sudoku.py:tiny [--config.model.hidden_size=64 ...]``.
+"""Command line for training and evaluation.
 
-Until the trainer lands this runs the configured model forward and backward
-for a few ACT steps on puzzle-shaped random input and reports what it did.
+    python -m trm_jax.main --config=configs/sudoku.py:tiny --workdir=runs/sudoku_tiny [--config.lr=3e-4 ...]
+
+The same command in a workdir that holds a checkpoint resumes the run exactly.
+Flags: ``--restore_from`` (another run's workdir, or a PyTorch checkpoint file)
+starts from those parameters; ``--eval_only`` evaluates and exits;
+``--dataset_only`` builds the dataset and exits; ``--rebuild_dataset`` rebuilds it.
+Multi-host: see ``trm_jax/distributed.py`` (launcher environments are detected;
+``--coordinator_address/--num_processes/--process_id`` override).
 """
 from __future__ import annotations
 
-import time
+import sys
 
-import jax
-import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-import trm_jax
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sudoku.py:tiny.",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants], e.g. configs/sudoku.py:tiny.",
                                           lock_config=True)
-_STEPS = flags.DEFINE_integer("smoke_steps", 3, "ACT steps to run.")
-flags.mark_flags_as_required(["config"])
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, W&B).")
+_RESTORE_FROM = flags.DEFINE_string("restore_from", "", "Start from the parameters of another run's workdir "
+                                    "(or its checkpoints dir), or of a PyTorch reference checkpoint file.")
+_EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's latest checkpoint (or --restore_from) "
+                               "and exit.")
+_DATASET_ONLY = flags.DEFINE_bool("dataset_only", False, "Build the configured dataset and exit.")
+_REBUILD = flags.DEFINE_bool("rebuild_dataset", False, "Rebuild the configured dataset even if it exists.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (multi-host).")
+_INIT_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for all processes to join.")
 
 
 def main(argv) -> None:
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # library INFO chatter (Orbax, TFDS) off by default
+    from trm_jax import distributed
+
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value)
+    except distributed.DistributedInitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+    from trm_jax.checkpoint import CheckpointError
+    from trm_jax.train import prepare_data, train_and_evaluate
+
     config = _CONFIG.value
-    cfg = trm_jax.TRMConfig.from_any(config.model)
-    model = trm_jax.build_model(cfg)
-    key = jax.random.PRNGKey(config.seed)
-    variables = trm_jax.init_variables(cfg, key)
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
-    B = min(config.global_batch_size, 8)
-    batch = trm_jax.dummy_batch(cfg, B)
-    batch["inputs"] = jax.random.randint(key, batch["inputs"].shape, 1, cfg.vocab_size, jnp.int32)
-    batch["labels"] = batch["inputs"]
-    carry = trm_jax.initial_carry(cfg, batch)
-
-    def loss_fn(params, carry, key):
-        new, out = model.apply({**variables, "params": params}, carry, batch, train=True, rngs={"exploration": key})
-        loss, metrics = trm_jax.act_loss(new, out, cfg.loss_type)
-        return loss, (new, metrics)
-
-    step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    print(f"TRM: {n_params:,} parameters, sequence {cfg.seq_len}+{cfg.puzzle_len}, "
-          f"H_cycles={cfg.H_cycles} L_cycles={cfg.L_cycles}, {cfg.forward_dtype}, batch {B}")
-    for i in range(_STEPS.value):
-        t0 = time.perf_counter()
-        (loss, (carry, metrics)), grads = step(variables["params"], carry, jax.random.fold_in(key, i))
-        gnorm = float(jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree_util.tree_leaves(grads))))
-        print(f"ACT step {i + 1}: loss {float(loss):.4f}  grad norm {gnorm:.4f}  "
-              f"halted {int(carry.halted.sum())}/{B}  {time.perf_counter() - t0:.2f}s")
+    try:
+        if _DATASET_ONLY.value:
+            meta = prepare_data(config, rebuild=_REBUILD.value)
+            for split, m in meta.items():
+                print(f"{config.data.name}/{split}: {m.total_puzzles} puzzles in {m.total_groups} groups, "
+                      f"seq_len {m.seq_len}, vocab {m.vocab_size}")
+            return
+        if not _WORKDIR.value:
+            raise app.UsageError("--workdir is required (where checkpoints and metrics go)")
+        train_and_evaluate(config, _WORKDIR.value, restore_from=_RESTORE_FROM.value, eval_only=_EVAL_ONLY.value,
+                           rebuild_dataset=_REBUILD.value)
+    except (CheckpointError, FloatingPointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
     app.run(main)

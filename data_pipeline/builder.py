@@ -1,0 +1,329 @@
+"""Base TFDS builder for puzzle datasets: options -> config name, schema, ArrayRecord, metadata.
+
+A dataset subclasses ``PuzzleDatasetBuilder`` and provides
+
+* ``Options``: a frozen dataclass of every option that changes the data (counts, ratings,
+  augmentation, importer paths, seed, ...), with optional ``PRESETS`` (name -> overrides);
+* ``static_metadata()``: seq_len, vocab_size, ... (``common.StaticMetadata``);
+* ``generate_groups(split)``: yields ``common.PuzzleGroup`` in set order;
+* optionally ``extra_features()``: TFDS features of per-puzzle / per-example extras
+  (e.g. ARC: transform id, colour permutation, task name), and ``splits()``.
+
+The base derives a TFDS ``BuilderConfig`` whose *name* is a readable summary plus a hash of
+all options, so each option set has its own directory
+``<data_dir>/<dataset>/<config name>/<version>/`` (a tiny and a full build never collide).
+It numbers groups/puzzles, checks shapes and token ranges, writes ArrayRecord (works without
+TensorFlow: TFDS encodes with numpy) in generation order, and stores the per-split
+``PuzzleDatasetMetadata`` and the options in the dataset's ``metadata.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import os
+import typing
+from typing import Any, ClassVar, Iterator, Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from data_pipeline.arrays import ARRAYS_DIR, ColumnWriter
+from data_pipeline.common import (DataError, PuzzleDatasetMetadata, PuzzleGroup,
+                                  StaticMetadata)
+
+METADATA_KEY = "puzzle_metadata"  # key of the per-split metadata in metadata.json
+OPTIONS_KEY = "options"
+
+
+class _QuietCustomConfig(logging.Filter):
+    """Drop TFDS's "Using custom data configuration" warning: options-derived configs are the
+    normal case here, and the warning would repeat on every load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_QuietCustomConfig())
+
+
+@dataclasses.dataclass(eq=False)
+class PuzzleBuilderConfig(tfds.core.BuilderConfig):
+    """A BuilderConfig carrying the dataset's options dataclass."""
+
+    options: Any = None
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (e.g. a string from the command line) to the field's type."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), annotation) if args else annotation
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
+        if not optional:
+            raise ValueError(f"option {key!r} may not be None")
+        return None
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "y"):
+                    return True
+                if value.lower() in ("0", "false", "no", "n"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"option {key!r}: cannot read {value!r} as {base.__name__}") from None
+    return value
+
+
+def _conform(value: Any, feature: tfds.features.FeatureConnector, where: str) -> Any:
+    """Cast numeric extras to the feature's dtype (TFDS refuses e.g. int64 for an int32 Tensor)
+    when no value changes."""
+    if not isinstance(feature, tfds.features.Tensor) or isinstance(value, (str, bytes)):
+        return value
+    arr = np.asarray(value)
+    dtype = feature.np_dtype
+    if arr.dtype == dtype or arr.dtype.kind not in "biuf":
+        return value
+    cast = arr.astype(dtype)
+    if not np.array_equal(cast, arr):
+        raise ValueError(f"{where}: values do not fit {np.dtype(dtype).name}")
+    return cast
+
+
+class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base class of the puzzle dataset builders (see module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    Options: ClassVar[type] = type(None)
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any):
+        # Datasets live in this package's registry (registry.py), not TFDS's global one, so a
+        # re-imported or test-defined builder never clashes with a name TFDS already holds.
+        kwargs.setdefault("skip_registration", True)
+        super().__init_subclass__(**kwargs)
+
+    def __init__(self, *, options: Any = None, data_dir: str | None = None, num_workers: int = 1,
+                 **kwargs: Any):
+        opts = self.make_options(options)
+        config = PuzzleBuilderConfig(name=self.config_name(opts), description=self.describe(opts),
+                                     options=opts)
+        self.options = opts
+        self.num_workers = max(1, int(num_workers))  # generation speed only; not in the name
+        super().__init__(data_dir=data_dir, config=config, file_format="array_record", **kwargs)
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path | None:
+        # TFDS's default probes the `importlib_resources` backport, which only the optional
+        # etils[epath] extra installs; the class's own file is all TFDS needs here.
+        return epath.Path(inspect.getfile(cls))
+
+    # -- options ----------------------------------------------------------------------------
+    @classmethod
+    def option_fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls.Options)}
+
+    @classmethod
+    def make_options(cls, options: Any = None) -> Any:
+        """Options dataclass from a mapping (or an instance); ``preset`` expands ``PRESETS``.
+
+        Unknown keys raise ValueError listing the valid ones; values are coerced to the
+        field types, and path options are made absolute so the directory name is stable.
+        """
+        if isinstance(options, cls.Options):
+            return cls.normalize_options(options)
+        # None means "the default" (config files often spell unset options as None).
+        raw = {k: v for k, v in dict(options or {}).items() if v is not None}
+        preset = raw.pop("preset", None)
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.PRESETS:
+                raise ValueError(f"{cls.name}: unknown preset {preset!r}; known: {sorted(cls.PRESETS)}")
+            values.update(cls.PRESETS[preset])
+        values.update(raw)
+        fields = cls.option_fields()
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"{cls.name}: unknown options {unknown}; valid options: {sorted(fields)}"
+                             " (and 'preset')")
+        hints = typing.get_type_hints(cls.Options)
+        coerced = {k: _coerce(v, hints[k], k) for k, v in values.items()}
+        return cls.normalize_options(cls.Options(**coerced))
+
+    @classmethod
+    def normalize_options(cls, options: Any) -> Any:
+        """Hook: resolve defaults / check values. The base makes path options (``source``,
+        ``*_csv``, ``*_dir``, ``*_path``) absolute, so the directory name does not depend on
+        the working directory."""
+        updates = {}
+        for name in cls.option_fields():
+            value = getattr(options, name)
+            if value and isinstance(value, str) and (
+                    name == "source" or name.endswith(("_csv", "_dir", "_path"))):
+                updates[name] = os.path.abspath(os.path.expanduser(value))
+        return dataclasses.replace(options, **updates) if updates else options
+
+    @classmethod
+    def summary(cls, options: Any) -> str:
+        """Hook: short readable part of the config name."""
+        return "cfg"
+
+    @classmethod
+    def config_name(cls, options: Any) -> str:
+        canonical = json.dumps(dataclasses.asdict(options), sort_keys=True)
+        digest = hashlib.sha1(f"{cls.name}:{canonical}".encode()).hexdigest()[:10]
+        return f"{cls.summary(options)}_{digest}"
+
+    @classmethod
+    def describe(cls, options: Any) -> str:
+        return json.dumps(dataclasses.asdict(options), sort_keys=True)
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def static_metadata(self) -> StaticMetadata:
+        raise NotImplementedError
+
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "test")
+
+    def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
+        return {}
+
+    def generate_groups(self, split: str) -> Iterator[PuzzleGroup]:
+        raise NotImplementedError
+
+    # -- TFDS ------------------------------------------------------------------------------
+    def _info(self) -> tfds.core.DatasetInfo:
+        seq_len = self.static_metadata().seq_len
+        # BYTES encoding keeps int32 as raw bytes: 2-8x faster to decode than int64 lists.
+        token = lambda: tfds.features.Tensor(shape=(seq_len,), dtype=np.int32,
+                                             encoding=tfds.features.Encoding.BYTES)
+        features = {
+            "inputs": token(),
+            "labels": token(),
+            "puzzle_identifier": tfds.features.Scalar(dtype=np.int32),
+            "group_id": tfds.features.Scalar(dtype=np.int32),
+            "puzzle_index": tfds.features.Scalar(dtype=np.int32),
+            "set_index": tfds.features.Scalar(dtype=np.int32),
+        }
+        extras = self.extra_features()
+        clash = set(extras) & set(features)
+        if clash:
+            raise ValueError(f"extra features {sorted(clash)} clash with the core schema")
+        features.update(extras)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{self.name} puzzles for tiny recursive models; options {self.describe(self.options)}",
+            features=tfds.features.FeaturesDict(features),
+            disable_shuffling=True,  # keep (set, group, puzzle) order: the loader relies on it
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+        del dl_manager
+        return {split: self._generate_examples(split) for split in self.splits()}
+
+    def _generate_examples(self, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        static = self.static_metadata()
+        set_position = {name: i for i, name in enumerate(static.sets)}
+        extra_specs = self.extra_features()
+        extra_names = tuple(extra_specs)
+        # Inside download_and_prepare, data_path is TFDS's temporary directory, renamed to the
+        # final one on success: the columns are published together with the ArrayRecord files.
+        columns_dir = os.path.join(os.fspath(self.data_path), ARRAYS_DIR)
+        os.makedirs(columns_dir, exist_ok=True)
+        columns = ColumnWriter(columns_dir, split)
+        example = puzzle = group = 0
+        last_set = 0
+        for grp in self.generate_groups(split):
+            where = f"{self.name} {split} group {group}"
+            if grp.set_name not in set_position:
+                raise ValueError(f"{where}: set {grp.set_name!r} is not in {static.sets}")
+            set_index = set_position[grp.set_name]
+            if set_index < last_set:
+                raise ValueError(f"{where}: groups must come in set order {static.sets}")
+            last_set = set_index
+            if not grp.puzzles:
+                raise ValueError(f"{where}: a group needs at least one puzzle")
+            for pz in grp.puzzles:
+                inputs = np.asarray(pz.inputs)
+                labels = np.asarray(pz.labels)
+                n = inputs.shape[0] if inputs.ndim == 2 else 0
+                if inputs.shape != (n, static.seq_len) or labels.shape != inputs.shape or n == 0:
+                    raise ValueError(f"{where} puzzle {puzzle}: inputs {inputs.shape} / labels "
+                                     f"{labels.shape} must both be [examples>=1, {static.seq_len}]")
+                for name, arr in (("inputs", inputs), ("labels", labels)):
+                    if arr.min() < 0 or arr.max() >= static.vocab_size:
+                        raise ValueError(f"{where} puzzle {puzzle}: {name} tokens outside "
+                                         f"[0, {static.vocab_size})")
+                if not 0 <= pz.identifier < static.num_puzzle_identifiers:
+                    raise ValueError(f"{where} puzzle {puzzle}: identifier {pz.identifier} outside "
+                                     f"[0, {static.num_puzzle_identifiers})")
+                missing = set(extra_names) - set(pz.extras) - set(pz.example_extras)
+                if missing:
+                    raise ValueError(f"{where} puzzle {puzzle}: missing extras {sorted(missing)}")
+                for i in range(n):
+                    record = {
+                        "inputs": inputs[i].astype(np.int32),
+                        "labels": labels[i].astype(np.int32),
+                        "puzzle_identifier": pz.identifier,
+                        "group_id": group,
+                        "puzzle_index": puzzle,
+                        "set_index": set_index,
+                    }
+                    for name in extra_names:
+                        value = (pz.example_extras[name][i] if name in pz.example_extras
+                                 else pz.extras[name])
+                        record[name] = _conform(value, extra_specs[name], f"{where} extra {name!r}")
+                    columns.add(record)
+                    yield example, record
+                    example += 1
+                puzzle += 1
+            group += 1
+        if example == 0:
+            raise DataError(f"{self.name} {split}: no examples (every puzzle was filtered out?)")
+        columns.finish()
+        meta = PuzzleDatasetMetadata(
+            seq_len=static.seq_len, vocab_size=static.vocab_size, pad_id=static.pad_id,
+            ignore_label_id=static.ignore_label_id, blank_identifier_id=static.blank_identifier_id,
+            num_puzzle_identifiers=static.num_puzzle_identifiers, total_groups=group,
+            mean_puzzle_examples=example / puzzle, total_puzzles=puzzle, sets=tuple(static.sets),
+            num_examples=example)
+        self.info.metadata.setdefault(METADATA_KEY, {})[split] = meta.to_json()
+        self.info.metadata[OPTIONS_KEY] = dataclasses.asdict(self.options)
+
+
+    # -- reading back ------------------------------------------------------------------------
+    def is_built(self) -> bool:
+        """Whether the dataset is prepared. (TFDS's ``is_prepared`` logs a misleading warning
+        for a directory that does not exist yet; TFDS renames the finished directory into
+        place, so the info file marks a complete build.)"""
+        return os.path.isfile(os.path.join(os.fspath(self.data_path), "dataset_info.json"))
+
+    def split_metadata(self) -> dict[str, PuzzleDatasetMetadata]:
+        """Per-split metadata of the prepared dataset (from ``<data_path>/metadata.json``)."""
+        path = os.path.join(os.fspath(self.data_path), "metadata.json")
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.name}: no prepared dataset at {self.data_path}; build it "
+                                    "with data_pipeline.ensure_built(...) or "
+                                    f"`python -m data_pipeline.build {self.name}`") from None
+        if METADATA_KEY not in stored:
+            raise DataError("no puzzle metadata in the dataset's metadata.json", path=path)
+        return {split: PuzzleDatasetMetadata.from_json(m) for split, m in stored[METADATA_KEY].items()}

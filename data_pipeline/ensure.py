@@ -1,0 +1,63 @@
+"""The embedded default: ``ensure_built`` builds a dataset on first use and reuses it after.
+
+Multi-host: generation is deterministic, so every host may build into its own local
+``data_dir``; on a shared file system let process 0 call ``ensure_built`` first and the
+others after a barrier (TFDS writes into a temporary directory and renames it when done, so
+a reader never sees a half-written dataset).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Mapping
+
+import tensorflow_datasets as tfds
+
+from data_pipeline import arrays
+from data_pipeline.common import PuzzleDatasetMetadata
+from data_pipeline.registry import make_builder
+from data_pipeline.source import open_split
+
+
+def default_num_workers() -> int:
+    """Generation worker processes: the CPU cores available to this process (at most 16)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(16, cores))
+
+
+def ensure_built(name: str, data_dir: str | None = None, options: Mapping[str, Any] | None = None,
+                 rebuild: bool = False, num_workers: int | None = None) -> dict[str, PuzzleDatasetMetadata]:
+    """Build dataset ``name`` with ``options`` unless it is already built; return its metadata.
+
+    Args:
+      name: a registered dataset ("sudoku", "maze", ...).
+      data_dir: root directory (default ``default_data_dir()``: ``$TRM_DATA_DIR`` or
+        ``~/.cache/trm_jax/datasets``); the data goes to ``<data_dir>/<name>/<config>/<version>``
+        where ``<config>`` is derived from the options.
+      options: the dataset's builder options, e.g. ``{"preset": "tiny"}`` or
+        ``{"num_train": 200, "num_aug": 8}``; importer paths such as ``{"source": DIR}``.
+      rebuild: delete and rebuild even if present.
+      num_workers: generation processes (default: the available cores); does not change data.
+
+    Returns:
+      ``{split: PuzzleDatasetMetadata}``, e.g. ``ensure_built("sudoku")["train"].seq_len``.
+    """
+    workers = num_workers or default_num_workers()
+    builder = make_builder(name, data_dir, options, num_workers=workers)
+    path = os.fspath(builder.data_path)
+    # A directory without dataset_info.json is not a finished build (TFDS would "reuse" it).
+    if os.path.exists(path) and (rebuild or not builder.is_built()):
+        shutil.rmtree(path)
+        builder = make_builder(name, data_dir, options, num_workers=workers)  # forget cached info
+    if not builder.is_built():
+        builder.download_and_prepare(
+            download_dir=os.path.join(builder.data_dir_root, "downloads"),
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    metadata = builder.split_metadata()
+    for split in metadata:  # column store (written by the builder; rebuilt here if missing)
+        if not arrays.has_columns(os.fspath(builder.data_path), split):
+            open_split(builder, split)
+    return metadata

@@ -1,0 +1,129 @@
+"""Throughput of the full training step (ACT step + backward + optimizer) of a config.
+
+    python experiments/benchmark.py --config=configs/sudoku.py --steps=10 [--batch_size=64]
+
+Reports examples/s, ms per step, compile seconds, XLA's memory estimate, the
+process's peak RSS (or the device's peak memory on GPU) and the model FLOP
+utilisation: FLOPs per step from XLA's cost analysis over the device's peak
+(bf16 dense peak for known GPUs; on CPU, the float32 matmul rate measured here).
+Inputs are random tokens of the config's shapes, so no dataset is needed; the
+train step is the one the trainer compiles (``trm_jax.steps.make_train_step``).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+from trm_jax import optim, sharding
+from trm_jax.models import TRMConfig, build_model
+from trm_jax.steps import make_train_step
+from trm_jax.train_state import create_train_state, init_sharded_state, param_count
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/sudoku.py", "Config file[:variant].")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch (0: the config's global_batch_size).")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: known GPU table / CPU measure).")
+_JSON = flags.DEFINE_string("json_out", "", "Append the result as one JSON line to this file.")
+
+# Dense bf16 tensor-core peaks (TFLOP/s, SXM parts).
+_GPU_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0, "V100": 125.0}
+
+
+def measured_cpu_tflops(n: int = 2048) -> float:
+    """float32 matmul rate of this CPU (an empirical 'peak' for MFU on CPU)."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n ** 3 * 5 / (time.perf_counter() - t0) / 1e12
+
+
+def device_peak_tflops() -> tuple[float, str]:
+    if _PEAK.value:
+        return _PEAK.value, "given"
+    kind = jax.devices()[0].device_kind
+    for name, peak in _GPU_PEAKS.items():
+        if name in kind:
+            return peak, f"{name} bf16 dense"
+    return measured_cpu_tflops(), "measured f32 matmul"
+
+
+def main(_):
+    config = _CONFIG.value.unlock() if hasattr(_CONFIG.value, "unlock") else _CONFIG.value
+    if _BATCH.value:
+        config.global_batch_size = _BATCH.value
+    B = config.global_batch_size
+    model_cfg = TRMConfig.from_any(config.model)
+    model = build_model(model_cfg)
+    tx = optim.build_optimizer(config, total_steps=100_000)
+    mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
+    state, shardings = init_sharded_state(lambda: create_train_state(model_cfg, tx, B, config.seed, bool(config.ema)),
+                                          mesh, config.mesh.fsdp_min_size)
+    batch_sh = sharding.batch_tree_shardings(state.carry.current_data, mesh)
+    step = jax.jit(make_train_step(model, tx, config, 100_000), in_shardings=(shardings, batch_sh),
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    batch = {"inputs": jax.random.randint(k1, (B, model_cfg.seq_len), 1, model_cfg.vocab_size, jnp.int32),
+             "labels": jax.random.randint(k2, (B, model_cfg.seq_len), 1, model_cfg.vocab_size, jnp.int32),
+             "puzzle_identifiers": jax.random.randint(k3, (B,), 0, model_cfg.num_puzzle_identifiers, jnp.int32)}
+    batch = jax.device_put(batch, batch_sh)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float((cost or {}).get("flops", 0.0))
+    mem = compiled.memory_analysis()
+
+    state, metrics = compiled(state, batch)  # warm-up
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(_STEPS.value):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - t0) / _STEPS.value
+
+    peak, peak_source = device_peak_tflops()
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    result = {
+        "command": " ".join(sys.argv),
+        "device": f"{device.device_kind} x{jax.device_count()}",
+        "host": f"{platform.machine()} {platform.processor()}".strip(),
+        "params": param_count(state.params),
+        "global_batch_size": B,
+        "forward_dtype": model_cfg.forward_dtype,
+        "compile_s": round(compile_s, 2),
+        "ms_per_step": round(step_s * 1e3, 2),
+        "examples_per_s": round(B / step_s, 1),
+        "xla_gflops_per_step": round(flops / 1e9, 3),
+        "achieved_tflops": round(flops / step_s / 1e12, 4),
+        "peak_tflops": round(peak, 3),
+        "peak_source": peak_source,
+        "mfu": round(flops / step_s / 1e12 / peak, 4) if peak else None,
+        "xla_temp_mb": round(getattr(mem, "temp_size_in_bytes", 0) / 2 ** 20, 1),
+        "device_peak_mb": round(stats["peak_bytes_in_use"] / 2 ** 20, 1) if stats and "peak_bytes_in_use" in stats
+        else None,
+        "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(result, indent=2))
+    if _JSON.value:
+        with open(_JSON.value, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,47 @@
+"""Dataset-specific evaluators that consume predictions after each evaluation batch.
+
+An evaluator sees every real (unpadded) test row once per evaluation, with the
+model's prediction and halting confidence, and returns extra metrics (e.g. ARC
+pass@k) and files (e.g. a Kaggle ``submission.json``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Protocol
+
+import numpy as np
+
+
+class Evaluator(Protocol):
+    """What the evaluation loop calls."""
+
+    name: str
+
+    def begin(self) -> None:
+        """Start a new evaluation (forget earlier predictions)."""
+
+    def update(self, batch: Mapping[str, np.ndarray], preds: np.ndarray, q_halt_logits: np.ndarray) -> None:
+        """Rows of one batch (``mask`` true), ``preds [b, seq_len]``, ``q_halt_logits [b]``."""
+
+    def result(self, output_dir: str) -> Dict[str, float]:
+        """Metrics (names without the ``eval/`` prefix); may write files under ``output_dir``."""
+
+
+_FACTORIES: Dict[str, Any] = {}
+
+
+def register(dataset_name: str):
+    """Decorator: ``factory(dataset_name, data_dir, options) -> Evaluator`` for a dataset."""
+
+    def wrap(factory):
+        _FACTORIES[dataset_name] = factory
+        return factory
+
+    return wrap
+
+
+def make_evaluators(dataset_name: str, data_dir: str, options: Mapping[str, Any]) -> List[Evaluator]:
+    """The evaluators that apply to a dataset (none for Sudoku and Maze: exact accuracy is the metric)."""
+    if dataset_name == "arc":
+        import trm_jax.evaluators.arc  # noqa: F401  (registers the ARC evaluator; imports TFDS)
+    factory = _FACTORIES.get(dataset_name)
+    return [] if factory is None else [factory(dataset_name, data_dir, dict(options))]

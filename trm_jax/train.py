@@ -1,0 +1,371 @@
+"""The training run: data, state, the jitted step, evaluation, checkpoints, logging, signals.
+
+``train_and_evaluate(config, workdir)`` is what ``python -m trm_jax.main`` calls.
+A workdir holding a checkpoint is resumed from its latest complete checkpoint:
+train state, data position and RNG continue exactly, so the metrics after a
+resume equal those of an uninterrupted run.
+
+Workdir layout::
+
+    WORKDIR/config.json        the resolved config of the run
+    WORKDIR/checkpoints/<step> Orbax checkpoints (state, data position, config)
+    WORKDIR/best/<step>        the best checkpoint by ``keep_best_metric`` (if set)
+    WORKDIR/metrics.jsonl      one JSON object per logged step (train/* and eval/*)
+    WORKDIR/eval/<step>/       evaluator outputs (e.g. ARC submission.json)
+    WORKDIR/wandb/             the W&B run (offline by default)
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+import data_pipeline as dp
+from trm_jax import optim, sharding
+from trm_jax.checkpoint import Checkpointer, CheckpointError
+from trm_jax.evaluation import evaluate
+from trm_jax.evaluators import make_evaluators
+from trm_jax.metrics_logger import MetricsLogger
+from trm_jax.models import TRMConfig, build_model
+from trm_jax.signals import StopRequest
+from trm_jax.steps import SUM_METRICS, make_eval_batch, make_train_step
+from trm_jax.torch_io import from_torch
+from trm_jax.train_state import TrainState, create_train_state, init_sharded_state, param_count
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _print(*args: Any) -> None:
+    if _primary():
+        print(*args, flush=True)
+
+
+def prepare_data(config: ml_collections.ConfigDict, rebuild: bool = False) -> Dict[str, Any]:
+    """Build the configured dataset if absent (process 0 first, then the others)."""
+    name, options = config.data.name, dict(config.data.options)
+    data_dir = config.data.data_dir or None
+    if _primary():
+        meta = dp.ensure_built(name, data_dir, options, rebuild=rebuild)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("trm_jax:dataset_built")
+    if not _primary():
+        meta = dp.ensure_built(name, data_dir, options)
+    return meta
+
+
+def resolve_config(config: ml_collections.ConfigDict, train_meta: Any) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose model shapes come from the dataset metadata."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.seq_len = int(train_meta.seq_len)
+    config.model.vocab_size = int(train_meta.vocab_size)
+    config.model.num_puzzle_identifiers = int(train_meta.num_puzzle_identifiers)
+    return config
+
+
+def schedule_lengths(config: ml_collections.ConfigDict, train_meta: Any) -> Dict[str, int]:
+    """``total_steps`` (the LR schedule's length), the steps to run, and the eval/checkpoint periods.
+
+    ``eval_interval`` is in epochs, as in the reference (0: evaluate only at the end of the
+    run); ``checkpoint_interval`` is in steps (0: only at evaluations and at the end).
+    """
+    total = optim.compute_total_steps(config.epochs, train_meta.total_groups, train_meta.mean_puzzle_examples,
+                                      config.global_batch_size)
+    if total < 1:
+        raise ValueError(f"the run has no steps: epochs={config.epochs} x {train_meta.total_groups} groups x "
+                         f"{train_meta.mean_puzzle_examples:.2f} examples / batch {config.global_batch_size} < 1")
+    steps_per_epoch = train_meta.total_groups * train_meta.mean_puzzle_examples / config.global_batch_size
+    run = min(total, config.max_steps) if config.max_steps else total
+    eval_every = max(1, round(config.eval_interval * steps_per_epoch)) if config.eval_interval else 0
+    return dict(total_steps=total, run_steps=run, eval_every=eval_every,
+                checkpoint_every=int(config.checkpoint_interval))
+
+
+class Trainer:
+    """Owns the mesh, the compiled steps, the state, the data iterator and the checkpointer."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, rebuild_dataset: bool = False):
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        meta = prepare_data(config, rebuild_dataset)
+        self.train_meta = meta["train"]
+        self.has_eval = "test" in meta
+        self.config = resolve_config(config, self.train_meta)
+        self.lengths = schedule_lengths(self.config, self.train_meta)
+        self.model_cfg = TRMConfig.from_any(self.config.model)
+        self.model = build_model(self.model_cfg)
+
+        self.mesh = sharding.create_mesh(self.config.mesh.data, self.config.mesh.fsdp)
+        sharding.check_global_batch(self.config.global_batch_size, self.mesh)
+        self.tx = optim.build_optimizer(self.config, self.lengths["total_steps"])
+        make = lambda: create_train_state(self.model_cfg, self.tx, self.config.global_batch_size,  # noqa: E731
+                                          self.config.seed, bool(self.config.ema))
+        self.state, self.shardings = init_sharded_state(make, self.mesh, self.config.mesh.fsdp_min_size)
+        batch_shardings = sharding.batch_tree_shardings(self.state.carry.current_data, self.mesh)
+        self.train_step = jax.jit(make_train_step(self.model, self.tx, self.config, self.lengths["total_steps"]),
+                                  in_shardings=(self.shardings, batch_shardings),
+                                  out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+                                  donate_argnums=0)
+        self.eval_batch = jax.jit(make_eval_batch(self.model), out_shardings=sharding.replicated(self.mesh))
+        self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
+                                         max_to_keep=self.config.checkpoint_max_to_keep,
+                                         async_save=self.config.async_checkpointing,
+                                         best_metric=self.config.keep_best_metric)
+        self.train_iter = dp.train_iterator(self.config.data.name, self.config.data.data_dir or None,
+                                            dict(self.config.data.options),
+                                            global_batch_size=self.config.global_batch_size, seed=self.config.seed,
+                                            # The reference samples eval_interval epochs per iteration.
+                                            epochs_per_iter=int(self.config.eval_interval) or None)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    def abstract_state(self) -> TrainState:
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state,
+                            self.shardings)
+
+    def restore_latest(self) -> Optional[int]:
+        """Resume from this workdir's latest complete checkpoint, if any."""
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return None
+        self.state, data_state = self.checkpointer.restore(step, self.abstract_state(), self.config.to_dict())
+        self.train_iter.set_state(data_state)
+        return step
+
+    def load_params_from(self, source: str) -> str:
+        """Start from another run's parameters (a workdir or checkpoints dir) or a PyTorch checkpoint file."""
+        if os.path.isfile(source):
+            variables = from_torch(source, self.model_cfg)
+            params, buffers, ema = variables["params"], variables["buffers"], None
+            origin = f"PyTorch checkpoint {source}"
+        else:
+            directory = os.path.join(source, "checkpoints") if os.path.isdir(os.path.join(source, "checkpoints")) \
+                else source
+            other = Checkpointer(directory, async_save=False)
+            step = other.latest_step()
+            if step is None:
+                raise CheckpointError(f"--restore_from={source}: no complete checkpoint in {directory}")
+            loaded = other.restore_params(step, sharding.replicated(self.mesh))
+            other.close()
+            params, buffers, ema = loaded["params"], loaded["buffers"], loaded.get("ema_params") or None
+            origin = f"{directory}/{step}"
+        params = _fit_puzzle_table(params, self.state.params)
+        _check_same_shapes(params, self.state.params, origin)
+        new = self.state.replace(params=params, buffers=buffers)
+        if self.config.ema:
+            new = new.replace(ema_params=optim.ema_init(params) if ema is None else ema)
+        _check_same_shapes(new.ema_params, self.state.ema_params, origin)
+        self.state = jax.device_put(new, self.shardings)
+        return origin
+
+    def eval_variables(self) -> tuple:
+        params = optim.eval_params(self.state.ema_params, self.state.params) if self.config.ema else self.state.params
+        return params, self.state.buffers
+
+    # ------------------------------------------------------------- evaluation
+    def run_evaluation(self) -> Dict[str, float]:
+        if not self.has_eval:
+            return {}
+        data = self.config.data
+        source = dp.load(data.name, "test", data.data_dir or None, **dict(data.options))
+        batches = dp.eval_dataset(source, global_batch_size=self.config.global_batch_size)
+        evaluators = make_evaluators(data.name, data.data_dir or None, dict(data.options))
+        params, buffers = self.eval_variables()
+        return evaluate(self.eval_batch, params, buffers, batches, self.mesh, evaluators,
+                        output_dir=os.path.join(self.workdir, "eval", str(self.step)), num_batches=len(batches))
+
+    # -------------------------------------------------------------- checkpoint
+    def save(self, force: bool = False) -> None:
+        self.checkpointer.save(self.step, self.state, self.train_iter.get_state(), self.config.to_dict(),
+                               force=force)
+
+    def close(self) -> None:
+        self.checkpointer.wait()
+        self.checkpointer.close()
+
+
+def _fit_puzzle_table(params: Dict[str, Any], target: Dict[str, Any]) -> Dict[str, Any]:
+    """Reference fine-tuning rule: a puzzle table of another size restarts as the mean of the old rows."""
+    inner, want = params.get("inner", {}), target.get("inner", {})
+    if "puzzle_emb" in inner and "puzzle_emb" in want:
+        old, new = inner["puzzle_emb"]["embedding"], want["puzzle_emb"]["embedding"]
+        if old.shape != new.shape and old.shape[1:] == new.shape[1:]:
+            _print(f"Puzzle embeddings: {old.shape[0]} rows in the checkpoint, {new.shape[0]} here; "
+                   "starting every row from the mean of the old ones.")
+            mean = jnp.mean(jnp.asarray(old), axis=0, keepdims=True)
+            params = {**params, "inner": {**inner, "puzzle_emb": {"embedding": jnp.broadcast_to(mean, new.shape)}}}
+    return params
+
+
+def _check_same_shapes(loaded: Any, target: Any, origin: str) -> None:
+    a = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+    b = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+    problems = [f"{k}: missing" for k in b if k not in a] + [f"{k}: unexpected" for k in a if k not in b]
+    problems += [f"{k}: {tuple(a[k])} vs model {tuple(b[k])}" for k in b if k in a and tuple(a[k]) != tuple(b[k])]
+    if problems:
+        raise CheckpointError(f"parameters from {origin} do not fit this model config: " + "; ".join(problems))
+
+
+def _normalize_train(sums: Dict[str, float], n_steps: int, global_batch_size: int) -> Dict[str, float]:
+    """Reference normalisation over ``n_steps`` accumulated steps; other metrics averaged."""
+    count = max(sums.get("count", 0.0), 1.0)
+    out = {}
+    for k, v in sums.items():
+        if k in ("skipped_steps", "consecutive_skipped"):
+            continue
+        if k in SUM_METRICS:
+            if k == "count":
+                out["train/count"] = v / n_steps
+            elif k.endswith("loss"):
+                out[f"train/{k}"] = v / (global_batch_size * n_steps)
+            else:
+                out[f"train/{k}"] = v / count
+        else:
+            out[f"train/{k}"] = v / n_steps
+    return out
+
+
+def _any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is true on any (one coordinated stop)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
+def _eval_summary(step: int, metrics: Dict[str, float]) -> str:
+    keys = ["eval/exact_accuracy", "eval/accuracy", "eval/q_halt_accuracy", "eval/steps", "eval/lm_loss"]
+    keys += sorted(k for k in metrics if k not in keys and k != "eval/count")
+    lines = [f"Evaluation at step {step} ({int(metrics.get('eval/count', 0))} examples):"]
+    lines += [f"  {k:<28} {metrics[k]:.4f}" for k in keys if k in metrics]
+    return "\n".join(lines)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, restore_from: str = "",
+                       eval_only: bool = False, rebuild_dataset: bool = False) -> Dict[str, float]:
+    """Train (or only evaluate) under ``workdir``; returns the last evaluation's metrics."""
+    trainer = Trainer(config, workdir, rebuild_dataset=rebuild_dataset)
+    config, lengths = trainer.config, trainer.lengths
+    if _primary():
+        with open(os.path.join(trainer.workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
+
+    resumed = trainer.restore_latest()
+    if resumed is not None:
+        _print(f"Resumed from {trainer.checkpointer.directory}/{resumed} (step {resumed}).")
+    elif restore_from:
+        _print(f"Initialised from {trainer.load_params_from(restore_from)}.")
+    elif eval_only:
+        raise CheckpointError(f"--eval_only: no checkpoint in {trainer.workdir}/checkpoints and no --restore_from")
+
+    run_id_path = os.path.join(trainer.workdir, "wandb_run_id.txt")
+    run_id = open(run_id_path).read().strip() if os.path.exists(run_id_path) else None
+    logger = MetricsLogger(trainer.workdir, config.to_dict(), wandb_mode=config.wandb_mode,
+                           run_name=config.run_name or os.path.basename(trainer.workdir),
+                           project=config.wandb_project, tags=[config.data.name, config.model.name],
+                           run_id=run_id, enabled=_primary())
+    if _primary() and logger.run_id and run_id is None:
+        with open(run_id_path, "w") as f:
+            f.write(logger.run_id)
+
+    n_params = param_count(trainer.state.params)
+    _print(f"TRM {n_params:,} parameters | dataset {config.data.name}: {trainer.train_meta.total_groups} groups, "
+           f"seq_len {config.model.seq_len}, vocab {config.model.vocab_size} | global batch {config.global_batch_size} "
+           f"on mesh {dict(trainer.mesh.shape)} | {lengths['run_steps']} of {lengths['total_steps']} steps")
+
+    last_eval: Dict[str, float] = {}
+    try:
+        if eval_only:
+            last_eval = trainer.run_evaluation()
+            logger.log(trainer.step, last_eval)
+            _print(_eval_summary(trainer.step, last_eval))
+            return last_eval
+        last_eval = _train_loop(trainer, logger)
+        return last_eval
+    finally:
+        trainer.close()
+        logger.close()
+
+
+def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
+    config, lengths = trainer.config, trainer.lengths
+    run_steps, eval_every, ckpt_every = lengths["run_steps"], lengths["eval_every"], lengths["checkpoint_every"]
+    log_every = max(1, int(config.log_interval))
+    step = trainer.step
+    last_eval: Dict[str, float] = {}
+    pending = None  # (step, accumulated sums, n steps, last metrics): read after the next dispatch
+    acc, acc_n = None, 0
+    t_window, ex_window = time.perf_counter(), 0
+
+    def flush(item) -> None:
+        nonlocal t_window, ex_window
+        at, sums, n, last = item
+        sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+        record = _normalize_train(sums, n, config.global_batch_size)
+        last = {k: float(v) for k, v in jax.device_get(last).items()}
+        record["train/skipped_steps"] = last["skipped_steps"]
+        elapsed = time.perf_counter() - t_window
+        record["train/examples_per_s"] = ex_window / elapsed if elapsed > 0 else 0.0
+        t_window, ex_window = time.perf_counter(), 0
+        logger.log(at, record)
+        bar.set_postfix(loss=f"{record.get('train/lm_loss', 0):.3f}", acc=f"{record.get('train/accuracy', 0):.3f}",
+                        ex_s=f"{record['train/examples_per_s']:.0f}", refresh=False)
+        if last["consecutive_skipped"] >= config.max_consecutive_skipped:
+            raise FloatingPointError(
+                f"{int(last['consecutive_skipped'])} consecutive steps had a non-finite loss or gradient (up to step "
+                f"{at}); their updates were refused, so the parameters are intact. Lower lr or check the data; "
+                f"the run resumes from {trainer.checkpointer.directory}/{trainer.checkpointer.latest_step()}.")
+
+    with StopRequest() as stop, tqdm(total=run_steps, initial=step, desc="train", unit="step",
+                                     disable=not _primary(), dynamic_ncols=True) as bar:
+        while step < run_steps:
+            local = next(trainer.train_iter)
+            batch = sharding.make_global_batch(local, trainer.mesh)
+            trainer.state, metrics = trainer.train_step(trainer.state, batch)  # async dispatch
+            step += 1
+            ex_window += config.global_batch_size
+            acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
+            acc_n += 1
+            if pending is not None:  # the previous log point's values are ready by now
+                flush(pending)
+                pending = None
+            if step % log_every == 0 or step == run_steps:
+                pending, acc, acc_n = (step, acc, acc_n, metrics), None, 0
+            bar.update(1)
+
+            evaluate_now = (eval_every and step % eval_every == 0) or step == run_steps
+            if evaluate_now:
+                if pending is not None:
+                    flush(pending)
+                    pending = None
+                last_eval = trainer.run_evaluation()
+                if last_eval:
+                    logger.log(step, last_eval)
+                    if _primary():
+                        bar.write(_eval_summary(step, last_eval))
+                    trainer.checkpointer.save_best(step, trainer.state, config.to_dict(), last_eval)
+            if evaluate_now or (ckpt_every and step % ckpt_every == 0) or step == run_steps:
+                trainer.save()
+            if _any_process(stop.requested):
+                if pending is not None:
+                    flush(pending)
+                trainer.save(force=True)
+                trainer.checkpointer.wait()
+                _print(f"Stopped by {stop.signal_name} at step {step}; checkpoint saved. "
+                       "Run the same command to resume.")
+                return last_eval
+        if pending is not None:
+            flush(pending)
+    _print(f"Finished {run_steps} steps.")
+    return last_eval
