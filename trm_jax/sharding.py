@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-BATCH_AXES = ("data", "fsdp")
+from trm_jax.models.layers import BATCH_AXES
 
 
 def create_mesh(data: int = -1, fsdp: int = 1, devices: Optional[list] = None) -> Mesh:

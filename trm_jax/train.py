@@ -284,15 +284,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
            f"seq_len {config.model.seq_len}, vocab {config.model.vocab_size} | global batch {config.global_batch_size} "
            f"on mesh {dict(trainer.mesh.shape)} | {lengths['run_steps']} of {lengths['total_steps']} steps")
 
-    last_eval: Dict[str, float] = {}
     try:
-        if eval_only:
-            last_eval = trainer.run_evaluation()
-            logger.log(trainer.step, last_eval)
-            _print(_eval_summary(trainer.step, last_eval))
-            return last_eval
-        last_eval = _train_loop(trainer, logger)
-        return last_eval
+        with jax.set_mesh(trainer.mesh):  # activations follow the mesh's batch axes while tracing
+            if eval_only:
+                metrics = trainer.run_evaluation()
+                logger.log(trainer.step, metrics)
+                _print(_eval_summary(trainer.step, metrics))
+                return metrics
+            return _train_loop(trainer, logger)
     finally:
         trainer.close()
         logger.close()

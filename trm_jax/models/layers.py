@@ -23,6 +23,22 @@ _TRUNC_STD = 0.87962566103423978
 
 CosSin = Tuple[jax.Array, jax.Array]
 
+# Mesh axes a batch is split over (see trm_jax/sharding.py).
+BATCH_AXES = ("data", "fsdp")
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Pin an activation's batch axis to the mesh's batch axes, when a mesh is set.
+
+    With FSDP the weights are sharded; without this hint XLA may shard the
+    activations like the weights and re-gather them, instead of gathering the
+    weights. A no-op outside ``jax.set_mesh`` (single device, tests, notebooks).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not all(axis in mesh.axis_names for axis in BATCH_AXES):
+        return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(BATCH_AXES))
+
 
 def trunc_normal_init(std: float) -> nn.initializers.Initializer:
     """Normal truncated at +-2 std whose *actual* standard deviation is ``std``."""

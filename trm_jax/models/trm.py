@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from trm_jax.models.act import act_step
 from trm_jax.models.carry import ACTCarry
 from trm_jax.models.config import TRMConfig
-from trm_jax.models.layers import (Attention, CastedEmbedding, CosSin, SwiGLU, casted_dense, rms_norm,
-                                   rope_cos_sin, trunc_normal_init)
+from trm_jax.models.layers import (Attention, CastedEmbedding, CosSin, SwiGLU, casted_dense, constrain_batch,
+                                   rms_norm, rope_cos_sin, trunc_normal_init)
 
 
 class Block(nn.Module):
@@ -61,7 +61,7 @@ class ReasoningModule(nn.Module):
     def __call__(self, h_BSD: jax.Array, injection_BSD: jax.Array, cos_sin: Optional[CosSin]) -> jax.Array:
         h_BSD = h_BSD + injection_BSD
         for i in range(self.cfg.L_layers):
-            h_BSD = Block(self.cfg, name=f"layers_{i}")(h_BSD, cos_sin)
+            h_BSD = constrain_batch(Block(self.cfg, name=f"layers_{i}")(h_BSD, cos_sin))
         return h_BSD
 
 
@@ -105,7 +105,7 @@ class TRMInner(nn.Module):
             z_H = jnp.where(mask, H_init.value.astype(cfg.dtype), z_H)
             z_L = jnp.where(mask, L_init.value.astype(cfg.dtype), z_L)
 
-        x_BSD = self._input_embeddings(data["inputs"], data.get("puzzle_identifiers"))
+        x_BSD = constrain_batch(self._input_embeddings(data["inputs"], data.get("puzzle_identifiers")))
         cos_sin = rope_cos_sin(D // cfg.num_heads, cfg.total_len, cfg.rope_theta) if cfg.pos_encodings == "rope" else None
 
         f = ReasoningModule(cfg, name="L_level")
