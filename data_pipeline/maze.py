@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Iterator
 
 import numpy as np
@@ -27,8 +26,8 @@ import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
 from data_pipeline import maze_logic
-from data_pipeline.builder import PuzzleDatasetBuilder
-from data_pipeline.common import DataError, PuzzleGroup, StaticMetadata, single_example_puzzle
+from data_pipeline.board_builder import BoardDatasetBuilder
+from data_pipeline.common import PuzzleGroup, StaticMetadata, single_example_puzzle
 from data_pipeline.csv_format import check_charset, iter_csv_chunks
 from data_pipeline.generation import accept_first
 from data_pipeline.grids import NUM_DIHEDRAL, dihedral_transform
@@ -120,7 +119,7 @@ def generate_mazes(count: int, *, seed: int, split: str, size: int = 30, min_pat
 
 
 @register_dataset
-class Maze(PuzzleDatasetBuilder):
+class Maze(BoardDatasetBuilder):
     """TFDS builder of the maze dataset (see module docstring)."""
 
     name = "maze"
@@ -151,10 +150,6 @@ class Maze(PuzzleDatasetBuilder):
             num_test=options.num_test or DEFAULT_GENERATED,
             min_path_length=DEFAULT_MIN_PATH if options.min_path_length is None else options.min_path_length)
 
-    @staticmethod
-    def is_import(options: MazeOptions) -> bool:
-        return bool(options.source or options.train_csv or options.test_csv)
-
     @classmethod
     def summary(cls, o: MazeOptions) -> str:
         aug = "-aug" if o.aug else ""
@@ -171,32 +166,17 @@ class Maze(PuzzleDatasetBuilder):
         return {"rating": tfds.features.Scalar(dtype=np.int32),
                 "dihedral": tfds.features.Scalar(dtype=np.int32)}
 
-    def csv_path(self, split: str) -> str:
+    def read_csv(self, path: str, count: int | None) -> MazeBoards:
         o = self.options
-        explicit = o.train_csv if split == "train" else o.test_csv
-        if explicit:
-            return explicit
-        if not o.source:
-            raise ValueError(f"maze importer: no CSV for split {split!r}; set source or {split}_csv")
-        return os.path.join(o.source, f"{split}.csv")
+        return read_maze_csv(path, o.size, o.min_path_length, count)
 
-    def original_boards(self, split: str) -> MazeBoards:
-        """The un-augmented mazes of ``split`` after filtering and subsampling."""
+    def generate(self, count: int, split: str) -> MazeBoards:
         o = self.options
-        count = o.num_train if split == "train" else o.num_test
-        if self.is_import(o):
-            boards = read_maze_csv(self.csv_path(split), o.size, o.min_path_length, count)
-        else:
-            boards = generate_mazes(count, seed=o.seed, split=split, size=o.size,
-                                    min_path_length=o.min_path_length, loop_prob=o.loop_prob,
-                                    num_workers=self.num_workers)
-        if len(boards) == 0:
-            raise DataError(f"no maze left for split {split!r} after filtering "
-                            f"(min_path_length={o.min_path_length})")
-        if split == "train" and o.subsample_size is not None and o.subsample_size < len(boards):
-            rng = np.random.default_rng([o.seed, 1])
-            boards = boards.take(np.sort(rng.choice(len(boards), o.subsample_size, replace=False)))
-        return boards
+        return generate_mazes(count, seed=o.seed, split=split, size=o.size, min_path_length=o.min_path_length,
+                              loop_prob=o.loop_prob, num_workers=self.num_workers)
+
+    def filter_description(self) -> str:
+        return f"min_path_length={self.options.min_path_length}"
 
     def generate_groups(self, split: str) -> Iterator[PuzzleGroup]:
         boards = self.original_boards(split)

@@ -18,7 +18,7 @@ from data_pipeline.builder import PuzzleDatasetBuilder
 _REGISTRY: dict[str, type[PuzzleDatasetBuilder]] = {}
 # Dataset name -> module, for names that do not match their module's file name.
 _MODULES: dict[str, str] = {}
-_NOT_DATASET_MODULES = {"arrays", "builder", "build", "common", "csv_format", "ensure", "generation", "grids",
+_NOT_DATASET_MODULES = {"arrays", "board_builder", "builder", "build", "common", "csv_format", "ensure", "generation", "grids",
                         "loader", "registry", "sampling", "source", "sudoku_logic", "maze_logic"}
 
 B = TypeVar("B", bound=type[PuzzleDatasetBuilder])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, Iterator
 
 import numpy as np
@@ -29,8 +28,8 @@ import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
 from data_pipeline import sudoku_logic
-from data_pipeline.builder import PuzzleDatasetBuilder
-from data_pipeline.common import DataError, PuzzleGroup, StaticMetadata, single_example_puzzle
+from data_pipeline.board_builder import BoardDatasetBuilder
+from data_pipeline.common import PuzzleGroup, StaticMetadata, single_example_puzzle
 from data_pipeline.csv_format import check_charset, iter_csv_chunks
 from data_pipeline.generation import accept_first
 from data_pipeline.registry import register_dataset
@@ -120,7 +119,7 @@ def generate_sudokus(count: int, *, seed: int, split: str, min_rating: int = 0,
 
 
 @register_dataset
-class Sudoku(PuzzleDatasetBuilder):
+class Sudoku(BoardDatasetBuilder):
     """TFDS builder of the sudoku dataset (see module docstring)."""
 
     name = "sudoku"
@@ -147,10 +146,6 @@ class Sudoku(PuzzleDatasetBuilder):
                 num_test=options.num_test or DEFAULT_GENERATED)
         return options
 
-    @staticmethod
-    def is_import(options: SudokuOptions) -> bool:
-        return bool(options.source or options.train_csv or options.test_csv)
-
     @classmethod
     def summary(cls, o: SudokuOptions) -> str:
         if cls.is_import(o):
@@ -164,30 +159,15 @@ class Sudoku(PuzzleDatasetBuilder):
     def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
         return {"rating": tfds.features.Scalar(dtype=np.int32)}
 
-    def csv_path(self, split: str) -> str:
-        o = self.options
-        explicit = o.train_csv if split == "train" else o.test_csv
-        if explicit:
-            return explicit
-        if not o.source:
-            raise ValueError(f"sudoku importer: no CSV for split {split!r}; set source or {split}_csv")
-        return os.path.join(o.source, f"{split}.csv")
+    def read_csv(self, path: str, count: int | None) -> SudokuBoards:
+        return read_sudoku_csv(path, self.options.min_rating, count)
 
-    def original_boards(self, split: str) -> SudokuBoards:
-        """The un-augmented puzzles of ``split`` after filtering and subsampling."""
-        o = self.options
-        count = o.num_train if split == "train" else o.num_test
-        if self.is_import(o):
-            boards = read_sudoku_csv(self.csv_path(split), o.min_rating, count)
-        else:
-            boards = generate_sudokus(count, seed=o.seed, split=split, min_rating=o.min_rating,
-                                      num_workers=self.num_workers)
-        if len(boards) == 0:
-            raise DataError(f"no sudoku left for split {split!r} after filtering (min_rating={o.min_rating})")
-        if split == "train" and o.subsample_size is not None and o.subsample_size < len(boards):
-            rng = np.random.default_rng([o.seed, 1])
-            boards = boards.take(np.sort(rng.choice(len(boards), o.subsample_size, replace=False)))
-        return boards
+    def generate(self, count: int, split: str) -> SudokuBoards:
+        return generate_sudokus(count, seed=self.options.seed, split=split, min_rating=self.options.min_rating,
+                                num_workers=self.num_workers)
+
+    def filter_description(self) -> str:
+        return f"min_rating={self.options.min_rating}"
 
     def generate_groups(self, split: str) -> Iterator[PuzzleGroup]:
         boards = self.original_boards(split)

@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from trm_jax import optim, sharding
-from trm_jax.models import TRMConfig, build_model
+from trm_jax.models import TRMConfig, build_model, random_batch
 from trm_jax.steps import make_train_step
 from trm_jax.train_state import create_train_state, init_sharded_state, param_count
 
@@ -74,11 +74,7 @@ def main(_):
     step = jax.jit(make_train_step(model, tx, config, 100_000), in_shardings=(shardings, batch_sh),
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    batch = {"inputs": jax.random.randint(k1, (B, model_cfg.seq_len), 1, model_cfg.vocab_size, jnp.int32),
-             "labels": jax.random.randint(k2, (B, model_cfg.seq_len), 1, model_cfg.vocab_size, jnp.int32),
-             "puzzle_identifiers": jax.random.randint(k3, (B,), 0, model_cfg.num_puzzle_identifiers, jnp.int32)}
-    batch = jax.device_put(batch, batch_sh)
+    batch = jax.device_put(random_batch(model_cfg, B, jax.random.PRNGKey(0)), batch_sh)
 
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()

@@ -23,11 +23,10 @@ REPO = os.path.dirname(HERE)
 
 _WORKER = r"""
 import json, sys, time
-import jax, jax.numpy as jnp
-from ml_collections import config_flags  # noqa: F401 (config file loading below)
+import jax
 from ml_collections.config_flags import config_flags as cf
 from trm_jax import optim, sharding
-from trm_jax.models import TRMConfig, build_model
+from trm_jax.models import TRMConfig, build_model, random_batch
 from trm_jax.steps import make_train_step
 from trm_jax.train_state import create_train_state, init_sharded_state
 
@@ -38,10 +37,7 @@ config.global_batch_size = batch_size
 cfg = TRMConfig.from_any(config.model)
 model, tx = build_model(cfg), optim.build_optimizer(config, 100_000)
 make = lambda: create_train_state(cfg, tx, batch_size, 0, bool(config.ema))
-k = jax.random.split(jax.random.PRNGKey(0), 3)
-batch = {"inputs": jax.random.randint(k[0], (batch_size, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
-         "labels": jax.random.randint(k[1], (batch_size, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
-         "puzzle_identifiers": jnp.zeros((batch_size,), jnp.int32)}
+batch = random_batch(cfg, batch_size, jax.random.PRNGKey(0))
 if mesh_name == "sharding-off":
     state = jax.jit(make)()
     step = jax.jit(make_train_step(model, tx, config, 100_000), donate_argnums=0)

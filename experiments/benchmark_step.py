@@ -15,7 +15,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -52,10 +51,7 @@ def main(_):
     key = jax.random.PRNGKey(0)
     variables = trm_jax.init_variables(cfg, key)
     B = _BATCH.value
-    k1, k2, k3 = jax.random.split(key, 3)
-    batch = {"inputs": jax.random.randint(k1, (B, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
-             "labels": jax.random.randint(k2, (B, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
-             "puzzle_identifiers": jax.random.randint(k3, (B,), 0, cfg.num_puzzle_identifiers, jnp.int32)}
+    batch = trm_jax.random_batch(cfg, B, key)
     carry = trm_jax.initial_carry(cfg, batch)
     step = make_step(model, cfg.loss_type)
     args = (variables["params"], variables["buffers"], carry, batch, key)

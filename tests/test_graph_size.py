@@ -1,6 +1,5 @@
 """The recursion is scanned: the compiled graph does not grow with H_cycles or L_cycles."""
 import jax
-import jax.numpy as jnp
 
 import trm_jax
 

@@ -87,7 +87,7 @@ def test_sigint_saves_and_resume_is_exact(data_dir, tmp_path, reference):
     assert _logged_steps(workdir) == stopped[0]
 
     resumed = _run(cmd)
-    assert f"Resumed from" in resumed.stdout and f"(step {stopped[0]})" in resumed.stdout
+    assert "Resumed from" in resumed.stdout and f"(step {stopped[0]})" in resumed.stdout
     _assert_matches_reference(_train_records(workdir), reference)
 
 

@@ -11,7 +11,7 @@ Public API::
 """
 from trm_jax.losses import act_loss, normalize_metrics, softmax_cross_entropy, stablemax_cross_entropy
 from trm_jax.models import (ACTCarry, ConfigError, TRM, TRMConfig, build_model, dummy_batch, init_variables,
-                            initial_carry)
+                            initial_carry, random_batch)
 from trm_jax.torch_io import StateDictError, from_torch, to_torch
 
 __version__ = "0.1.0"
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTCarry", "ConfigError", "StateDictError", "TRM", "TRMConfig", "act_loss", "build_model", "dummy_batch",
     "from_torch", "init_variables", "initial_carry", "normalize_metrics", "softmax_cross_entropy",
-    "stablemax_cross_entropy", "to_torch",
+    "random_batch", "stablemax_cross_entropy", "to_torch",
 ]

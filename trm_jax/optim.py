@@ -30,7 +30,7 @@ untouched; the host reads :func:`guard_counters` to log skipped steps and to sto
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple, Optional, Union
+from typing import Any, Mapping, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp

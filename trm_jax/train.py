@@ -116,15 +116,16 @@ class Trainer:
                                   out_shardings=(self.shardings, sharding.replicated(self.mesh)),
                                   donate_argnums=0)
         self.eval_batch = jax.jit(make_eval_batch(self.model), out_shardings=sharding.replicated(self.mesh))
-        self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
-                                         max_to_keep=self.config.checkpoint_max_to_keep,
-                                         async_save=self.config.async_checkpointing,
-                                         best_metric=self.config.keep_best_metric)
         self.train_iter = dp.train_iterator(self.config.data.name, self.config.data.data_dir or None,
                                             dict(self.config.data.options),
                                             global_batch_size=self.config.global_batch_size, seed=self.config.seed,
                                             # The reference samples eval_interval epochs per iteration.
                                             epochs_per_iter=int(self.config.eval_interval) or None)
+        # Last: from here on close() must run (the manager owns background threads).
+        self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
+                                         max_to_keep=self.config.checkpoint_max_to_keep,
+                                         async_save=self.config.async_checkpointing,
+                                         best_metric=self.config.keep_best_metric)
 
     # ------------------------------------------------------------------ state
     @property
@@ -256,35 +257,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
                        eval_only: bool = False, rebuild_dataset: bool = False) -> Dict[str, float]:
     """Train (or only evaluate) under ``workdir``; returns the last evaluation's metrics."""
     trainer = Trainer(config, workdir, rebuild_dataset=rebuild_dataset)
-    config, lengths = trainer.config, trainer.lengths
-    if _primary():
-        with open(os.path.join(trainer.workdir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
-
-    resumed = trainer.restore_latest()
-    if resumed is not None:
-        _print(f"Resumed from {trainer.checkpointer.directory}/{resumed} (step {resumed}).")
-    elif restore_from:
-        _print(f"Initialised from {trainer.load_params_from(restore_from)}.")
-    elif eval_only:
-        raise CheckpointError(f"--eval_only: no checkpoint in {trainer.workdir}/checkpoints and no --restore_from")
-
-    run_id_path = os.path.join(trainer.workdir, "wandb_run_id.txt")
-    run_id = open(run_id_path).read().strip() if os.path.exists(run_id_path) else None
-    logger = MetricsLogger(trainer.workdir, config.to_dict(), wandb_mode=config.wandb_mode,
-                           run_name=config.run_name or os.path.basename(trainer.workdir),
-                           project=config.wandb_project, tags=[config.data.name, config.model.name],
-                           run_id=run_id, enabled=_primary())
-    if _primary() and logger.run_id and run_id is None:
-        with open(run_id_path, "w") as f:
-            f.write(logger.run_id)
-
-    n_params = param_count(trainer.state.params)
-    _print(f"TRM {n_params:,} parameters | dataset {config.data.name}: {trainer.train_meta.total_groups} groups, "
-           f"seq_len {config.model.seq_len}, vocab {config.model.vocab_size} | global batch {config.global_batch_size} "
-           f"on mesh {dict(trainer.mesh.shape)} | {lengths['run_steps']} of {lengths['total_steps']} steps")
-
-    try:
+    logger: Optional[MetricsLogger] = None
+    try:  # whatever fails below, the checkpointer's threads and the logger are closed
+        _start(trainer, restore_from, eval_only)
+        logger = _open_logger(trainer)
         with jax.set_mesh(trainer.mesh):  # activations follow the mesh's batch axes while tracing
             if eval_only:
                 metrics = trainer.run_evaluation()
@@ -294,7 +270,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
             return _train_loop(trainer, logger)
     finally:
         trainer.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
+
+
+def _start(trainer: Trainer, restore_from: str, eval_only: bool) -> None:
+    """Write config.json; resume, or load other weights; say what the run is."""
+    config, lengths = trainer.config, trainer.lengths
+    if _primary():
+        with open(os.path.join(trainer.workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
+    resumed = trainer.restore_latest()
+    if resumed is not None:
+        _print(f"Resumed from {trainer.checkpointer.directory}/{resumed} (step {resumed}).")
+    elif restore_from:
+        _print(f"Initialised from {trainer.load_params_from(restore_from)}.")
+    elif eval_only:
+        raise CheckpointError(f"--eval_only: no checkpoint in {trainer.workdir}/checkpoints and no --restore_from")
+    _print(f"TRM {param_count(trainer.state.params):,} parameters | dataset {config.data.name}: "
+           f"{trainer.train_meta.total_groups} groups, seq_len {config.model.seq_len}, vocab {config.model.vocab_size} "
+           f"| global batch {config.global_batch_size} on mesh {dict(trainer.mesh.shape)} | "
+           f"{lengths['run_steps']} of {lengths['total_steps']} steps")
+
+
+def _open_logger(trainer: Trainer) -> MetricsLogger:
+    """W&B + metrics.jsonl on process 0; a resumed run continues the same W&B run."""
+    config = trainer.config
+    run_id_path = os.path.join(trainer.workdir, "wandb_run_id.txt")
+    run_id = open(run_id_path).read().strip() if os.path.exists(run_id_path) else None
+    logger = MetricsLogger(trainer.workdir, config.to_dict(), wandb_mode=config.wandb_mode,
+                           run_name=config.run_name or os.path.basename(trainer.workdir),
+                           project=config.wandb_project, tags=[config.data.name, config.model.name],
+                           run_id=run_id, enabled=_primary())
+    if _primary() and logger.run_id and run_id is None:
+        with open(run_id_path, "w") as f:
+            f.write(logger.run_id)
+    return logger
 
 
 def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:

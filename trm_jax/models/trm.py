@@ -174,6 +174,17 @@ def dummy_batch(model_cfg: Any, batch_size: int = 1) -> Dict[str, jax.Array]:
     }
 
 
+def random_batch(model_cfg: Any, batch_size: int, key: jax.Array) -> Dict[str, jax.Array]:
+    """Random tokens of the model's shapes (benchmarks and smoke runs; no dataset needed)."""
+    cfg = TRMConfig.from_any(model_cfg)
+    k_in, k_lab, k_id = jax.random.split(key, 3)
+    return {
+        "inputs": jax.random.randint(k_in, (batch_size, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
+        "labels": jax.random.randint(k_lab, (batch_size, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
+        "puzzle_identifiers": jax.random.randint(k_id, (batch_size,), 0, cfg.num_puzzle_identifiers, jnp.int32),
+    }
+
+
 def init_variables(model_cfg: Any, key: jax.Array) -> Dict[str, Any]:
     """Freshly initialised variables ``{'params': ..., 'buffers': ...}`` (reference init)."""
     from trm_jax.models.carry import initial_carry
