@@ -78,7 +78,7 @@ def training(**overrides) -> ml_collections.ConfigDict:
         wandb_project="trm_jax",
         run_name="",
         # Not in the reference: checkpointing, robustness and the device mesh.
-        checkpoint_max_to_keep=3,
+        max_to_keep=3,
         async_checkpointing=True,
         keep_best_metric="",  # e.g. "eval/exact_accuracy": also keep the best checkpoint in WORKDIR/best
         max_consecutive_skipped=20,  # stop after this many non-finite steps in a row

@@ -25,7 +25,8 @@ import trm_jax
 def trained(data_dir, tmp_path_factory):
     """A short in-process run with evaluation and EMA: (workdir, config, last eval metrics)."""
     workdir = str(tmp_path_factory.mktemp("trained"))
-    config = micro_config(data_dir, max_steps=6, checkpoint_interval=3, ema=True, log_interval=2)
+    config = micro_config(data_dir, max_steps=6, checkpoint_interval=3, ema=True, log_interval=2,
+                          keep_best_metric="eval/accuracy")
     metrics = train_and_evaluate(config, workdir)
     return workdir, config, metrics
 
@@ -33,6 +34,7 @@ def trained(data_dir, tmp_path_factory):
 def test_run_writes_checkpoints_metrics_and_config(trained):
     workdir, config, metrics = trained
     assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == [3, 6]
+    assert os.listdir(os.path.join(workdir, "best")) == ["6"]  # kept by eval/accuracy
     records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     train = [r for r in records if "train/lm_loss" in r]
     assert [r["step"] for r in train] == [2, 4, 6]

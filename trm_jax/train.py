@@ -123,7 +123,7 @@ class Trainer:
                                             epochs_per_iter=int(self.config.eval_interval) or None)
         # Last: from here on close() must run (the manager owns background threads).
         self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
-                                         max_to_keep=self.config.checkpoint_max_to_keep,
+                                         max_to_keep=self.config.max_to_keep,
                                          async_save=self.config.async_checkpointing,
                                          best_metric=self.config.keep_best_metric)
 

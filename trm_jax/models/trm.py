@@ -153,9 +153,9 @@ class TRM(nn.Module):
                  train: bool = False) -> Tuple[ACTCarry, Dict[str, jax.Array]]:
         inner = TRMInner(self.config, name="inner")
         needs_rng = train and self.config.halt_max_steps > 1 and self.config.halt_exploration_prob > 0
-        if needs_rng and not self.has_rng("exploration"):
+        if needs_rng and not (self.has_rng("exploration") or self.has_rng("params")):
             raise ValueError("train=True with halt exploration needs rngs={'exploration': key} in model.apply")
-        rng = self.make_rng("exploration") if needs_rng else None
+        rng = self.make_rng("exploration") if needs_rng else None  # (Flax falls back to the 'params' stream)
         return act_step(inner, carry, batch, self.config, train, rng)
 
 
