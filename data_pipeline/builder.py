@@ -110,6 +110,9 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     Options: ClassVar[type] = type(None)
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    # Extras that the loader's batches carry beside inputs/labels/puzzle_identifiers
+    # (e.g. the capsule dataset's float ``sketches``); other extras stay per-example only.
+    batch_extras: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any):
         # Datasets live in this package's registry (registry.py), not TFDS's global one, so a

@@ -16,7 +16,8 @@ batch from the seed, so 2 processes see together what 1 process sees.
 
 Batches (dicts of numpy arrays, b = per-process batch)::
 
-    train: inputs int32 [b, L], labels int32 [b, L] (-100 = ignore), puzzle_identifiers int32 [b]
+    train: inputs int32 [b, L], labels int32 [b, L] (-100 = ignore), puzzle_identifiers int32 [b],
+           plus the dataset's ``batch_extras`` (e.g. capsules: sketches float32 [b, k, D], ...)
     eval:  the same, padded (inputs pad_id, labels -100, identifier blank_identifier_id),
            plus mask bool [b] (real rows) and example_index int32 [b] (-1 on padding)
 """
@@ -77,7 +78,7 @@ class _EvalBatch(grain.transforms.Map):
         if pad:
             fill = {"inputs": meta.pad_id, "labels": IGNORE_LABEL_ID,
                     "puzzle_identifiers": meta.blank_identifier_id}
-            batch = {key: np.concatenate([v, np.full((pad,) + v.shape[1:], fill[key], dtype=v.dtype)])
+            batch = {key: np.concatenate([v, np.full((pad,) + v.shape[1:], fill.get(key, 0), dtype=v.dtype)])
                      for key, v in batch.items()}
         batch["mask"] = np.arange(self.local) < n
         batch["example_index"] = np.concatenate([rows, np.full(pad, -1)]).astype(np.int32)

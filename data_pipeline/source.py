@@ -88,10 +88,14 @@ class PuzzleSource:
     """Random access to one split (see module docstring); Grain ``RandomAccessDataSource``."""
 
     def __init__(self, columns: Mapping[str, np.ndarray], metadata: PuzzleDatasetMetadata,
-                 where: str = "<memory>"):
+                 where: str = "<memory>", batch_extras: tuple[str, ...] = ()):
         self.columns = dict(columns)
         self.metadata = metadata
         self.where = where
+        missing = set(batch_extras) - set(self.columns)
+        if missing:
+            raise DataError(f"batch extras {sorted(missing)} are not columns of the split", path=where)
+        self.batch_extras = tuple(batch_extras)
         self.index = build_index(self.columns, len(metadata.sets), where)
         self.extra_fields = tuple(k for k in self.columns
                                   if k not in ("inputs", "labels", "puzzle_identifier") + _STRUCTURE)
@@ -114,13 +118,18 @@ class PuzzleSource:
 
     def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The model's batch for example ``indices`` [b]: inputs/labels int32 [b, L] (-100 =
-        ignore), puzzle_identifiers int32 [b]."""
+        ignore), puzzle_identifiers int32 [b], plus the builder's ``batch_extras`` [b, ...]
+        (integers widened to int32)."""
         idx = np.asarray(indices, dtype=np.int64)
-        return {
+        batch = {
             "inputs": self.columns["inputs"][idx].astype(np.int32),
             "labels": self._labels(self.columns["labels"][idx]),
             "puzzle_identifiers": self.columns["puzzle_identifier"][idx].astype(np.int32),
         }
+        for key in self.batch_extras:
+            values = np.asarray(self.columns[key][idx])
+            batch[key] = values.astype(np.int32) if values.dtype.kind in "iub" else values
+        return batch
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
@@ -161,7 +170,8 @@ def open_split(builder: PuzzleDatasetBuilder, split: str) -> PuzzleSource:
     if not arrays.has_columns(path, split):
         arrays.materialise_from_records(_records(builder, split), path, split)
     columns = arrays.load_columns(path, split)
-    return PuzzleSource(columns, metadata_by_split[split], where=f"{path} [{split}]")
+    return PuzzleSource(columns, metadata_by_split[split], where=f"{path} [{split}]",
+                        batch_extras=builder.batch_extras)
 
 
 def load(name: str, split: str, data_dir: str | None = None, **options: Any) -> PuzzleSource:

@@ -31,11 +31,11 @@ def _host(x: jax.Array) -> np.ndarray:
 
 def evaluate(eval_batch: Callable, params: Any, buffers: Any, batches: Iterable[Mapping[str, np.ndarray]],
              mesh: Mesh, evaluators: Sequence[Evaluator] = (), output_dir: Optional[str] = None,
-             num_batches: Optional[int] = None, show_progress: bool = True) -> Dict[str, float]:
+             num_batches: Optional[int] = None, show_progress: bool = True, aux: Any = None) -> Dict[str, float]:
     """Run ``eval_batch`` over ``batches`` (this process's rows) and return ``eval/*`` metrics.
 
-    ``eval_batch(params, buffers, global_batch) -> (metric sums, preds, q_halt_logits)``
-    is the jitted :func:`trm_jax.steps.make_eval_batch`. Padded rows have no labels
+    ``eval_batch(params, buffers, aux, global_batch) -> (metric sums, preds, q_halt_logits)``
+    is the jitted family eval function (e.g. :func:`trm_jax.steps.make_eval_batch`). Padded rows have no labels
     and so count in no metric; evaluators only see rows whose ``mask`` is true.
     """
     for ev in evaluators:
@@ -45,7 +45,7 @@ def evaluate(eval_batch: Callable, params: Any, buffers: Any, batches: Iterable[
                disable=not show_progress or jax.process_index() != 0)
     for local_batch in bar:
         batch = make_global_batch(local_batch, mesh)
-        metrics, preds, q_halt = eval_batch(params, buffers, batch)
+        metrics, preds, q_halt = eval_batch(params, buffers, {} if aux is None else aux, batch)
         sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
         if evaluators:
             host_batch = {k: _host(v) for k, v in batch.items()}

@@ -53,14 +53,11 @@ LOSS_FNS = {
 }
 
 
-def act_loss(new_carry: ACTCarry, outputs: Mapping[str, jax.Array],
-             loss_type: str = "stablemax_cross_entropy") -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """Loss and metric sums of one ACT step.
+def act_loss_terms(new_carry: ACTCarry, outputs: Mapping[str, jax.Array],
+                   loss_type: str = "stablemax_cross_entropy") -> Tuple[Dict[str, jax.Array], Dict[str, jax.Array]]:
+    """The ACT loss head's differentiable terms and metric sums (see :func:`act_loss`).
 
-    Labels are the carry's ``current_data['labels']`` (the examples the rows are
-    working on after the reset). ``loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)``,
-    with ``lm_loss = sum_b sum_t CE(b, t) / max(1, count_b)``. Metrics count only
-    rows that halted this step and have at least one label.
+    Returns ``({"lm_loss", "q_halt_loss", "q_continue_loss"}, metrics)``.
     """
     labels_BL = new_carry.current_data["labels"]
     logits_BLV = outputs["logits"]
@@ -75,14 +72,14 @@ def act_loss(new_carry: ACTCarry, outputs: Mapping[str, jax.Array],
     seq_correct_B = correct_BL.sum(-1) == counts_B
     valid_B = new_carry.halted & (counts_B > 0)
 
-    lm_loss = (LOSS_FNS[loss_type](logits_BLV, labels_BL) / divisor_B).sum()
-    q_halt_loss = optax.sigmoid_binary_cross_entropy(q_halt_B, seq_correct_B.astype(q_halt_B.dtype)).sum()
-    q_continue_loss = jnp.zeros((), jnp.float32)
+    terms = {
+        "lm_loss": (LOSS_FNS[loss_type](logits_BLV, labels_BL) / divisor_B).sum(),
+        "q_halt_loss": optax.sigmoid_binary_cross_entropy(q_halt_B, seq_correct_B.astype(q_halt_B.dtype)).sum(),
+        "q_continue_loss": jnp.zeros((), jnp.float32),
+    }
     if "target_q_continue" in outputs:
-        q_continue_loss = optax.sigmoid_binary_cross_entropy(outputs["q_continue_logits"],
-                                                             outputs["target_q_continue"]).sum()
-    loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
-
+        terms["q_continue_loss"] = optax.sigmoid_binary_cross_entropy(outputs["q_continue_logits"],
+                                                                      outputs["target_q_continue"]).sum()
     f32 = jnp.float32
     metrics = {
         "count": valid_B.sum().astype(f32),
@@ -90,11 +87,22 @@ def act_loss(new_carry: ACTCarry, outputs: Mapping[str, jax.Array],
         "exact_accuracy": (valid_B & seq_correct_B).sum().astype(f32),
         "q_halt_accuracy": (valid_B & ((q_halt_B >= 0) == seq_correct_B)).sum().astype(f32),
         "steps": jnp.where(valid_B, new_carry.steps, 0).sum().astype(f32),
-        "lm_loss": jax.lax.stop_gradient(lm_loss),
-        "q_halt_loss": jax.lax.stop_gradient(q_halt_loss),
-        "q_continue_loss": jax.lax.stop_gradient(q_continue_loss),
+        **{k: jax.lax.stop_gradient(v) for k, v in terms.items()},
     }
-    return loss, metrics
+    return terms, metrics
+
+
+def act_loss(new_carry: ACTCarry, outputs: Mapping[str, jax.Array],
+             loss_type: str = "stablemax_cross_entropy") -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """Loss and metric sums of one ACT step.
+
+    Labels are the carry's ``current_data['labels']`` (the examples the rows are
+    working on after the reset). ``loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)``,
+    with ``lm_loss = sum_b sum_t CE(b, t) / max(1, count_b)``. Metrics count only
+    rows that halted this step and have at least one label.
+    """
+    terms, metrics = act_loss_terms(new_carry, outputs, loss_type)
+    return terms["lm_loss"] + 0.5 * (terms["q_halt_loss"] + terms["q_continue_loss"]), metrics
 
 
 def normalize_metrics(sums: Mapping[str, float], global_batch_size: int) -> Dict[str, float]:

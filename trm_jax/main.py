@@ -44,7 +44,9 @@ def main(argv) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
+    from data_pipeline import DataError
     from trm_jax.checkpoint import CheckpointError
+    from trm_jax.models.config import ConfigError
     from trm_jax.train import prepare_data, train_and_evaluate
 
     config = _CONFIG.value
@@ -59,7 +61,7 @@ def main(argv) -> None:
             raise app.UsageError("--workdir is required (where checkpoints and metrics go)")
         train_and_evaluate(config, _WORKDIR.value, restore_from=_RESTORE_FROM.value, eval_only=_EVAL_ONLY.value,
                            rebuild_dataset=_REBUILD.value)
-    except (CheckpointError, FloatingPointError, ValueError) as e:
+    except (CheckpointError, ConfigError, DataError, FloatingPointError) as e:  # user-facing: no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -17,7 +17,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from trm_jax.models.config import ConfigError
 from trm_jax.models.layers import BATCH_AXES
+
+
+class MeshError(ConfigError):
+    """A mesh or batch size that does not fit the devices and processes."""
 
 
 def create_mesh(data: int = -1, fsdp: int = 1, devices: Optional[list] = None) -> Mesh:
@@ -25,13 +30,13 @@ def create_mesh(data: int = -1, fsdp: int = 1, devices: Optional[list] = None) -
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     if data == -1 and fsdp == -1:
-        raise ValueError("mesh.data and mesh.fsdp cannot both be -1")
+        raise MeshError("mesh.data and mesh.fsdp cannot both be -1")
     if data == -1:
         data = n // fsdp if fsdp > 0 and n % fsdp == 0 else 0
     if fsdp == -1:
         fsdp = n // data if data > 0 and n % data == 0 else 0
     if data < 1 or fsdp < 1 or data * fsdp != n:
-        raise ValueError(f"mesh (data={data}, fsdp={fsdp}) does not fit the {n} available devices "
+        raise MeshError(f"mesh (data={data}, fsdp={fsdp}) does not fit the {n} available devices "
                          f"(data * fsdp must equal {n})")
     return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
 
@@ -50,7 +55,7 @@ def check_global_batch(global_batch_size: int, mesh: Mesh, process_count: Option
     process_count = jax.process_count() if process_count is None else process_count
     devices = mesh.devices.size
     if global_batch_size % devices or global_batch_size % process_count:
-        raise ValueError(f"global_batch_size={global_batch_size} must be divisible by the number of devices "
+        raise MeshError(f"global_batch_size={global_batch_size} must be divisible by the number of devices "
                          f"({devices}) and of processes ({process_count})")
     return global_batch_size // process_count
 

@@ -64,15 +64,16 @@ def make_train_step(model: TRM, tx: optax.GradientTransformationExtraArgs, confi
     return train_step
 
 
-def make_eval_batch(model: TRM) -> Callable[[Any, Any, Batch], Tuple[Metrics, jax.Array, jax.Array]]:
-    """``eval_batch(params, buffers, batch) -> (metric sums, preds [B, L], q_halt_logits [B])``.
+def make_eval_batch(model: TRM) -> Callable[[Any, Any, Any, Batch], Tuple[Metrics, jax.Array, jax.Array]]:
+    """``eval_batch(params, buffers, aux, batch) -> (metric sums, preds [B, L], q_halt_logits [B])``.
 
     Every row starts fresh and runs exactly ``halt_max_steps`` supervision steps
     (the reference's evaluation); metrics are those of the last step.
     """
     cfg: TRMConfig = model.config
 
-    def eval_batch(params, buffers, batch: Batch):
+    def eval_batch(params, buffers, aux, batch: Batch):
+        del aux  # the TRM has no extra state
         variables = {"params": params, "buffers": buffers}
         carry = initial_carry(cfg, batch)
 

@@ -30,15 +30,15 @@ from tqdm import tqdm
 
 import data_pipeline as dp
 from trm_jax import optim, sharding
+from trm_jax.families import get_family
 from trm_jax.checkpoint import Checkpointer, CheckpointError
 from trm_jax.evaluation import evaluate
 from trm_jax.evaluators import make_evaluators
 from trm_jax.metrics_logger import MetricsLogger
-from trm_jax.models import TRMConfig, build_model
 from trm_jax.signals import StopRequest
-from trm_jax.steps import SUM_METRICS, make_eval_batch, make_train_step
+from trm_jax.steps import SUM_METRICS
 from trm_jax.torch_io import from_torch
-from trm_jax.train_state import TrainState, create_train_state, init_sharded_state, param_count
+from trm_jax.train_state import TrainState, init_sharded_state, param_count
 
 
 def _primary() -> bool:
@@ -101,21 +101,23 @@ class Trainer:
         self.has_eval = "test" in meta
         self.config = resolve_config(config, self.train_meta)
         self.lengths = schedule_lengths(self.config, self.train_meta)
-        self.model_cfg = TRMConfig.from_any(self.config.model)
-        self.model = build_model(self.model_cfg)
+        self.family = get_family(self.config.model.name)
+        self.model_cfg = self.family.config_cls.from_any(self.config.model)
+        self.model = self.family.build_model(self.model_cfg)
 
         self.mesh = sharding.create_mesh(self.config.mesh.data, self.config.mesh.fsdp)
         sharding.check_global_batch(self.config.global_batch_size, self.mesh)
         self.tx = optim.build_optimizer(self.config, self.lengths["total_steps"])
-        make = lambda: create_train_state(self.model_cfg, self.tx, self.config.global_batch_size,  # noqa: E731
-                                          self.config.seed, bool(self.config.ema))
+        make = lambda: self.family.create_state(self.model_cfg, self.tx,  # noqa: E731
+                                                self.config.global_batch_size, self.config.seed, bool(self.config.ema))
         self.state, self.shardings = init_sharded_state(make, self.mesh, self.config.mesh.fsdp_min_size)
         batch_shardings = sharding.batch_tree_shardings(self.state.carry.current_data, self.mesh)
-        self.train_step = jax.jit(make_train_step(self.model, self.tx, self.config, self.lengths["total_steps"]),
+        self.train_step = jax.jit(self.family.make_train_step(self.model, self.tx, self.config,
+                                                              self.lengths["total_steps"]),
                                   in_shardings=(self.shardings, batch_shardings),
                                   out_shardings=(self.shardings, sharding.replicated(self.mesh)),
                                   donate_argnums=0)
-        self.eval_batch = jax.jit(make_eval_batch(self.model), out_shardings=sharding.replicated(self.mesh))
+        self.eval_batch = jax.jit(self.family.make_eval_batch(self.model), out_shardings=sharding.replicated(self.mesh))
         self.train_iter = dp.train_iterator(self.config.data.name, self.config.data.data_dir or None,
                                             dict(self.config.data.options),
                                             global_batch_size=self.config.global_batch_size, seed=self.config.seed,
@@ -128,6 +130,15 @@ class Trainer:
                                          best_metric=self.config.keep_best_metric)
 
     # ------------------------------------------------------------------ state
+    def model_inputs(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """The batch fields the model reads (those the carry holds); other loader fields are dropped."""
+        keys = self.state.carry.current_data.keys()
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise dp.DataError(f"dataset {self.config.data.name!r} batches lack the fields {missing} that "
+                               f"model {self.config.model.name!r} reads")
+        return {k: batch[k] for k in keys}
+
     @property
     def step(self) -> int:
         return int(self.state.step)
@@ -148,6 +159,9 @@ class Trainer:
     def load_params_from(self, source: str) -> str:
         """Start from another run's parameters (a workdir or checkpoints dir) or a PyTorch checkpoint file."""
         if os.path.isfile(source):
+            if not self.family.loads_torch:
+                raise CheckpointError(f"--restore_from={source}: PyTorch checkpoints load into the TRM only "
+                                      f"(config.model.name={self.config.model.name!r})")
             variables = from_torch(source, self.model_cfg)
             params, buffers, ema = variables["params"], variables["buffers"], None
             origin = f"PyTorch checkpoint {source}"
@@ -185,7 +199,8 @@ class Trainer:
         evaluators = make_evaluators(data.name, data.data_dir or None, dict(data.options))
         params, buffers = self.eval_variables()
         return evaluate(self.eval_batch, params, buffers, batches, self.mesh, evaluators,
-                        output_dir=os.path.join(self.workdir, "eval", str(self.step)), num_batches=len(batches))
+                        output_dir=os.path.join(self.workdir, "eval", str(self.step)), num_batches=len(batches),
+                        aux=self.state.aux)
 
     # -------------------------------------------------------------- checkpoint
     def save(self, force: bool = False) -> None:
@@ -287,7 +302,7 @@ def _start(trainer: Trainer, restore_from: str, eval_only: bool) -> None:
         _print(f"Initialised from {trainer.load_params_from(restore_from)}.")
     elif eval_only:
         raise CheckpointError(f"--eval_only: no checkpoint in {trainer.workdir}/checkpoints and no --restore_from")
-    _print(f"TRM {param_count(trainer.state.params):,} parameters | dataset {config.data.name}: "
+    _print(f"{config.model.name.upper()} {param_count(trainer.state.params):,} parameters | dataset {config.data.name}: "
            f"{trainer.train_meta.total_groups} groups, seq_len {config.model.seq_len}, vocab {config.model.vocab_size} "
            f"| global batch {config.global_batch_size} on mesh {dict(trainer.mesh.shape)} | "
            f"{lengths['run_steps']} of {lengths['total_steps']} steps")
@@ -340,8 +355,7 @@ def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
     with StopRequest() as stop, tqdm(total=run_steps, initial=step, desc="train", unit="step",
                                      disable=not _primary(), dynamic_ncols=True) as bar:
         while step < run_steps:
-            local = next(trainer.train_iter)
-            batch = sharding.make_global_batch(local, trainer.mesh)
+            batch = sharding.make_global_batch(trainer.model_inputs(next(trainer.train_iter)), trainer.mesh)
             trainer.state, metrics = trainer.train_step(trainer.state, batch)  # async dispatch
             step += 1
             ex_window += config.global_batch_size

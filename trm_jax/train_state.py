@@ -1,6 +1,7 @@
 """The train state: one pytree holding everything a run needs to continue exactly."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict
 
 import flax.struct
@@ -25,6 +26,8 @@ class TrainState:
       ema_params: EMA of the parameters except the puzzle table (``{}`` when EMA is off).
       carry: the ACT carry over the global batch (rows mid-way through their examples).
       rng: base PRNG key; step ``t`` uses ``fold_in(rng, t)``.
+      aux: non-differentiated state of model extensions (HESC: replay buffer, target
+        Q-parameters, memory bank, running statistics); ``{}`` for the TRM.
     """
 
     step: jax.Array
@@ -34,6 +37,7 @@ class TrainState:
     ema_params: Any
     carry: ACTCarry
     rng: jax.Array
+    aux: Any = dataclasses.field(default_factory=dict)
 
 
 def create_train_state(model_cfg: TRMConfig, tx: optax.GradientTransformation, global_batch_size: int,
@@ -65,6 +69,7 @@ def state_shardings(abstract_state: TrainState, mesh: Mesh, fsdp_min_size: int =
         ema_params=param_like(abstract_state.ema_params),
         carry=sharding.batch_tree_shardings(abstract_state.carry, mesh),
         rng=sharding.replicated(mesh),
+        aux=jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state.aux),
     )
 
 

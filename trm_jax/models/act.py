@@ -80,4 +80,4 @@ def act_step(inner: InnerFn, carry: ACTCarry, batch: Mapping[str, jax.Array], cf
         target = jnp.where(is_last, next_q_halt, jnp.maximum(next_q_halt, next_q_continue))
         outputs["target_q_continue"] = jax.lax.stop_gradient(jax.nn.sigmoid(target))
 
-    return ACTCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, current_data=data), outputs
+    return ACTCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, current_data=data, extras=carry.extras), outputs

@@ -1,6 +1,7 @@
 """The ACT carry: everything a batch row keeps between supervision steps."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Mapping
 
 import flax.struct
@@ -21,6 +22,8 @@ class ACTCarry:
       steps: ``[B] int32`` supervision steps taken by the row's current example.
       halted: ``[B] bool``; a halted row is reset and takes a new example next step.
       current_data: the example each row is working on (same keys/shapes as the batch).
+      extras: per-row state of model extensions (HESC: capsule expansions, Q-head RNN
+        state, the pending DQN transition); empty for the TRM.
     """
 
     z_H: jax.Array
@@ -28,6 +31,7 @@ class ACTCarry:
     steps: jax.Array
     halted: jax.Array
     current_data: Dict[str, jax.Array]
+    extras: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def initial_carry(model_cfg: Any, batch: Mapping[str, Any]) -> ACTCarry:

@@ -136,7 +136,8 @@ class Attention(nn.Module):
     implementation: Optional[str] = None  # jax.nn.dot_product_attention: None (XLA) or "cudnn"
 
     @nn.compact
-    def __call__(self, x_BSD: jax.Array, cos_sin: Optional[CosSin]) -> jax.Array:
+    def __call__(self, x_BSD: jax.Array, cos_sin: Optional[CosSin], bias: Optional[jax.Array] = None) -> jax.Array:
+        """``bias``: optional additive attention bias broadcastable to ``[B, H, S, S]``."""
         B, S, _ = x_BSD.shape
         head_dim = self.hidden_size // self.num_heads
         qkv = casted_dense(3 * self.num_heads * head_dim, False, self.dtype, "qkv_proj")(x_BSD)
@@ -144,7 +145,9 @@ class Attention(nn.Module):
         q, k, v = jnp.split(qkv, 3, axis=2)  # each [B, S, H, K]
         if cos_sin is not None:
             q, k = apply_rope(q, k, cos_sin)
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=False, implementation=self.implementation)
+        if bias is not None:
+            bias = jnp.broadcast_to(bias, (B, self.num_heads, S, S)).astype(q.dtype)
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=False, implementation=self.implementation)
         out = out.reshape(B, S, self.num_heads * head_dim)
         return casted_dense(self.hidden_size, False, self.dtype, "o_proj")(out)
 

@@ -34,7 +34,7 @@ class Block(nn.Module):
     cfg: TRMConfig
 
     @nn.compact
-    def __call__(self, h_BSD: jax.Array, cos_sin: Optional[CosSin]) -> jax.Array:
+    def __call__(self, h_BSD: jax.Array, cos_sin: Optional[CosSin], bias: Optional[jax.Array] = None) -> jax.Array:
         cfg = self.cfg
         if cfg.mlp_t:
             # Token mixing: a SwiGLU over the sequence axis. As in the reference,
@@ -47,7 +47,7 @@ class Block(nn.Module):
             attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.dtype,
                              implementation=None if cfg.attention_impl == "xla" else cfg.attention_impl,
                              name="self_attn")
-            h_BSD = rms_norm(h_BSD + attn(h_BSD, cos_sin), cfg.rms_norm_eps)
+            h_BSD = rms_norm(h_BSD + attn(h_BSD, cos_sin, bias), cfg.rms_norm_eps)
         mlp = SwiGLU(cfg.hidden_size, cfg.expansion, cfg.dtype, name="mlp")
         return rms_norm(h_BSD + mlp(h_BSD), cfg.rms_norm_eps)
 
@@ -58,10 +58,11 @@ class ReasoningModule(nn.Module):
     cfg: TRMConfig
 
     @nn.compact
-    def __call__(self, h_BSD: jax.Array, injection_BSD: jax.Array, cos_sin: Optional[CosSin]) -> jax.Array:
+    def __call__(self, h_BSD: jax.Array, injection_BSD: jax.Array, cos_sin: Optional[CosSin],
+                 bias: Optional[jax.Array] = None) -> jax.Array:
         h_BSD = h_BSD + injection_BSD
         for i in range(self.cfg.L_layers):
-            h_BSD = constrain_batch(Block(self.cfg, name=f"layers_{i}")(h_BSD, cos_sin))
+            h_BSD = constrain_batch(Block(self.cfg, name=f"layers_{i}")(h_BSD, cos_sin, bias))
         return h_BSD
 
 

