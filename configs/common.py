@@ -47,7 +47,7 @@ def trm_model(**overrides) -> ml_collections.ConfigDict:
         forward_dtype="bfloat16",
         mlp_t=False,
         no_ACT_continue=True,
-        attention_impl="xla",
+        attention_impl="auto",  # cuDNN flash attention on GPUs in bf16, XLA elsewhere
     ))
     model.update(overrides)
     return model

@@ -4,7 +4,7 @@
 
 Reports examples/s, ms per step, compile seconds, XLA's memory estimate, the
 process's peak RSS (or the device's peak memory on GPU) and the model FLOP
-utilisation: FLOPs per step from XLA's cost analysis over the device's peak
+utilisation: matmul FLOPs per step counted from the architecture over the device's peak
 (bf16 dense peak for known GPUs; on CPU, the float32 matmul rate measured here).
 Inputs are random tokens of the config's shapes, so no dataset is needed; the
 train step is the one the trainer compiles (``trm_jax.steps.make_train_step``).
@@ -23,6 +23,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from trm_jax import optim, sharding
+from trm_jax.losses import act_loss
+from trm_jax.models.layers import resolve_attention_impl
 from trm_jax.models import TRMConfig, build_model, random_batch
 from trm_jax.steps import make_train_step
 from trm_jax.train_state import create_train_state, init_sharded_state, param_count
@@ -32,6 +34,8 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step)
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch (0: the config's global_batch_size).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: known GPU table / CPU measure).")
 _JSON = flags.DEFINE_string("json_out", "", "Append the result as one JSON line to this file.")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time one ACT forward (eval mode) and forward+backward "
+                               "alone, so the step splits into forward / backward / optimizer and the rest.")
 
 # Dense bf16 tensor-core peaks (TFLOP/s, SXM parts).
 _GPU_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0, "V100": 125.0}
@@ -57,6 +61,56 @@ def device_peak_tflops() -> tuple[float, str]:
         if name in kind:
             return peak, f"{name} bf16 dense"
     return measured_cpu_tflops(), "measured f32 matmul"
+
+
+def _swiglu_inner(width: int, expansion: float) -> int:
+    return -(-round(expansion * width * 2 / 3) // 256) * 256
+
+
+def model_flops_per_step(cfg: TRMConfig, batch_size: int) -> float:
+    """Matmul FLOPs of one training step, counted from the architecture.
+
+    XLA's cost analysis counts a loop body once, so with the recursion inside ``scan`` it
+    under-reports by the cycle counts; this count is what MFU is computed from. Forward:
+    ``H_cycles * (L_cycles + 1) * L_layers`` layer applications; backward: twice the forward
+    of the last H-cycle (the only one with gradients); plus the LM head forward and backward.
+    """
+    D, S = cfg.hidden_size, cfg.total_len
+    mixer = (6 * _swiglu_inner(S, cfg.expansion) * D if cfg.mlp_t  # SwiGLU over the sequence, per token
+             else 8 * D * D + 4 * S * D)                          # qkv + out projections, QK^T and AV
+    per_layer = mixer + 6 * D * _swiglu_inner(D, cfg.expansion)
+    applications = cfg.H_cycles * (cfg.L_cycles + 1) * cfg.L_layers + 2 * (cfg.L_cycles + 1) * cfg.L_layers
+    per_token = applications * per_layer + 3 * 2 * D * cfg.vocab_size
+    return float(per_token) * batch_size * S
+
+
+def seconds_per_call(fn, args, steps: int) -> float:
+    """Mean wall seconds of ``fn(*args)`` over ``steps`` calls after one warm-up call."""
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / steps
+
+
+def step_breakdown(model, state, batch, loss_type: str, steps: int) -> dict:
+    """ms of one ACT forward (eval mode) and of forward+backward of the ACT loss (train mode)."""
+    variables = {"params": state.params, "buffers": state.buffers}
+    forward = jax.jit(lambda v, c, b: model.apply(v, c, b, train=False))
+
+    def loss_fn(params, carry, b, key):
+        new_carry, out = model.apply({"params": params, "buffers": state.buffers}, carry, b, train=True,
+                                     rngs={"exploration": key})
+        return act_loss(new_carry, out, loss_type)[0]
+
+    fwd_bwd = jax.jit(jax.value_and_grad(loss_fn))
+    key = jax.random.PRNGKey(1)
+    return {
+        "forward_ms": round(seconds_per_call(forward, (variables, state.carry, batch), steps) * 1e3, 2),
+        "forward_backward_ms": round(seconds_per_call(fwd_bwd, (state.params, state.carry, batch, key), steps) * 1e3,
+                                     2),
+    }
 
 
 def main(_):
@@ -92,7 +146,9 @@ def main(_):
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - t0) / _STEPS.value
 
+    breakdown = step_breakdown(model, state, batch, model_cfg.loss_type, _STEPS.value) if _BREAKDOWN.value else {}
     peak, peak_source = device_peak_tflops()
+    model_flops = model_flops_per_step(model_cfg, B)
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     result = {
@@ -105,15 +161,19 @@ def main(_):
         "compile_s": round(compile_s, 2),
         "ms_per_step": round(step_s * 1e3, 2),
         "examples_per_s": round(B / step_s, 1),
-        "xla_gflops_per_step": round(flops / 1e9, 3),
-        "achieved_tflops": round(flops / step_s / 1e12, 4),
+        "attention": "none (mlp_t)" if model_cfg.mlp_t else resolve_attention_impl(
+            model_cfg.attention_impl, model_cfg.dtype, model_cfg.hidden_size // model_cfg.num_heads),
+        "model_tflops_per_step": round(model_flops / 1e12, 3),
+        "xla_gflops_per_step": round(flops / 1e9, 3),  # loop bodies counted once: not used for MFU
+        "achieved_tflops": round(model_flops / step_s / 1e12, 2),
         "peak_tflops": round(peak, 3),
         "peak_source": peak_source,
-        "mfu": round(flops / step_s / 1e12 / peak, 4) if peak else None,
+        "mfu": round(model_flops / step_s / 1e12 / peak, 4) if peak else None,
         "xla_temp_mb": round(getattr(mem, "temp_size_in_bytes", 0) / 2 ** 20, 1),
         "device_peak_mb": round(stats["peak_bytes_in_use"] / 2 ** 20, 1) if stats and "peak_bytes_in_use" in stats
         else None,
         "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **breakdown,
     }
     print(json.dumps(result, indent=2))
     if _JSON.value:

@@ -28,7 +28,8 @@ SETTINGS = {"dqn off, expansion off": (False, False), "dqn on, expansion off": (
             "dqn off, expansion on": (False, True), "dqn on, expansion on": (True, True)}
 
 
-def measure(dqn: bool, expansion: bool, batch_size: int, steps: int, dtype: str) -> dict:
+def setup(dqn: bool, expansion: bool, batch_size: int, dtype: str):
+    """A compiled train step, its state and a batch for one setting (past the DQN's start)."""
     config = hesc.get_config("text")
     config.model.update(dict(hidden_size=512, num_heads=8, H_cycles=3, L_cycles=2, L_layers=2, capsule_dim=512,
                              num_capsules=12, seq_len=12, capsule_children=4, forward_dtype=dtype,
@@ -37,9 +38,8 @@ def measure(dqn: bool, expansion: bool, batch_size: int, steps: int, dtype: str)
     cfg = HESCConfig.from_any(config.model)
     model, tx = build_model(cfg), optim.build_optimizer(config, 100_000)
     state = jax.jit(lambda: create_hesc_state(cfg, tx, batch_size, 0, bool(config.ema)))()
-    key = jax.random.PRNGKey(0)
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
     batch = example_batch(cfg, batch_size)
-    k1, k2, k3, k4 = jax.random.split(key, 4)
     batch.update(inputs=jax.random.randint(k1, batch["inputs"].shape, 4, cfg.vocab_size, jnp.int32),
                  sketches=jax.random.normal(k2, batch["sketches"].shape),
                  children=jax.random.normal(k3, batch["children"].shape),
@@ -47,19 +47,25 @@ def measure(dqn: bool, expansion: bool, batch_size: int, steps: int, dtype: str)
     batch["labels"] = batch["inputs"]
     step = jax.jit(make_hesc_train_step(model, tx, config, 100_000), donate_argnums=0)
     t0 = time.perf_counter()
-    state, m = step(state, batch)  # compile + first step (the buffer starts filling)
+    state, m = step(state, batch)
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
     for _ in range(3):  # past dqn_buffer_min_size: the TD update runs in the timed steps
         state, m = step(state, batch)
     jax.block_until_ready(m)
+    return {"step": step, "state": state, "batch": batch, "compile_s": compile_s,
+            "dqn_loss": float(m.get("dqn_loss", 0.0)), "times": []}
+
+
+def time_round(run: dict, steps: int) -> None:
+    """Time ``steps`` steps of one setting; appends ms/step to ``run['times']``."""
+    state = run["state"]
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, m = step(state, batch)
+        state, m = run["step"](state, run["batch"])
     jax.block_until_ready((state, m))
-    dt = (time.perf_counter() - t0) / steps
-    return {"ms_per_step": dt * 1e3, "examples_per_s": batch_size / dt, "compile_s": compile_s,
-            "dqn_loss": float(m.get("dqn_loss", 0.0))}
+    run["state"] = state
+    run["times"].append((time.perf_counter() - t0) / steps * 1e3)
 
 
 def main() -> None:
@@ -68,19 +74,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--out", default="")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds per setting")
     args = parser.parse_args()
-    rows = {name: measure(d, e, args.batch_size, args.steps, args.dtype) for name, (d, e) in SETTINGS.items()}
-    base = rows["dqn off, expansion off"]["ms_per_step"]
+    runs = {name: setup(d, e, args.batch_size, args.dtype) for name, (d, e) in SETTINGS.items()}
+    for _ in range(args.rounds):  # interleaved, so slow phases of a shared machine hit every setting
+        for run in runs.values():
+            time_round(run, args.steps)
+    best = {name: min(run["times"]) for name, run in runs.items()}
+    base = best["dqn off, expansion off"]
     lines = [f"Command: `python experiments/benchmark_hesc.py --batch_size={args.batch_size} --steps={args.steps} "
-             f"--dtype={args.dtype}`", "",
-             f"Device: {jax.devices()[0].device_kind} ({platform.machine()}, {os.cpu_count()} cores visible)", "",
-             "| setting | ms/step | examples/s | vs. both off | compile s | dqn_loss |", "|---|---:|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['ms_per_step']:.1f} | {r['examples_per_s']:.1f} | "
-                     f"{100 * (r['ms_per_step'] / base - 1):+.1f}% | {r['compile_s']:.1f} | {r['dqn_loss']:.4f} |")
+             f"--rounds={args.rounds} --dtype={args.dtype}`", "",
+             f"Device: {jax.devices()[0].device_kind} ({platform.machine()}, {os.cpu_count()} cores visible). "
+             f"{args.rounds} interleaved rounds of {args.steps} steps per setting; min and median ms/step.", "",
+             "| setting | min ms/step | median ms/step | examples/s (min) | vs. both off (min) | compile s | dqn_loss |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, run in runs.items():
+        times = sorted(run["times"])
+        median = times[len(times) // 2]
+        lines.append(f"| {name} | {best[name]:.0f} | {median:.0f} | {args.batch_size / best[name] * 1e3:.1f} | "
+                     f"{100 * (best[name] / base - 1):+.1f}% | {run['compile_s']:.1f} | {run['dqn_loss']:.4f} |")
     text = "\n".join(lines)
     print(text)
-    print(json.dumps(rows))
+    print(json.dumps({name: run["times"] for name, run in runs.items()}))
     if args.out:
         with open(args.out, "w") as f:
             f.write("# HESC: cost of the DQN and of capsule expansion\n\n" + text + "\n")

@@ -52,12 +52,18 @@ def test_expand_changes_exactly_one_capsule_per_row_and_costs():
     c_stay, out_stay = apply(stay_v, carry)
 
     assert (np.asarray(out["actions"]) == EXPAND).all() and (np.asarray(out_stay["actions"]) == CONTINUE).all()
-    mask = np.asarray(c_exp.extras["capsule_mask"])
-    assert (mask.sum(-1) == 1).all() and (np.asarray(c_exp.extras["num_expansions"]) == 1).all()
+    state = c_exp.extras["capsules"]  # the CapsuleState rides in the carry
+    mask = np.asarray(state.expanded_mask)
+    assert (mask.sum(-1) == 1).all() and (np.asarray(state.num_expansions) == 1).all()
+    # Exactly one capsule's effective content changed: the expanded one now shows its children's mean.
+    from trm_jax.hesc.capsules import effective_content
+
+    changed = np.any(np.asarray(effective_content(state)) != np.asarray(state.sketches), axis=-1)
+    np.testing.assert_array_equal(changed, mask)
     idx = np.asarray(out["expanded_index"])
     np.testing.assert_array_equal(idx, np.argmin(np.asarray(out["confidence"]), axis=-1))  # least confident
     np.testing.assert_allclose(out["expansion_cost"], cfg.m * cfg.expansion_cost_per_child, rtol=1e-6)
-    assert not np.asarray(c_stay.extras["capsule_mask"]).any()
+    assert not np.asarray(c_stay.extras["capsules"].expanded_mask).any()
 
     # Only the expanded capsule's state changed, and it took the children's content.
     P = cfg.capsule_offset
@@ -71,7 +77,7 @@ def test_expand_changes_exactly_one_capsule_per_row_and_costs():
 
     # A second step expands another capsule; the expanded content now enters as input.
     c2, out2 = apply(expand_v, c_exp)
-    assert (np.asarray(c2.extras["capsule_mask"]).sum(-1) == 2).all()
+    assert (np.asarray(c2.extras["capsules"].expanded_mask).sum(-1) == 2).all()
     assert (np.asarray(out2["expanded_index"]) != idx).all()
 
 

@@ -72,6 +72,7 @@ def _aux(workdir, step):
     return state["aux"], state["carry"]
 
 
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
 def test_resume_restores_buffer_and_memory_exactly(run, data_dir, tmp_path):
     workdir = str(tmp_path)
     train_and_evaluate(hesc_config(data_dir, max_steps=6), workdir)
@@ -82,9 +83,11 @@ def test_resume_restores_buffer_and_memory_exactly(run, data_dir, tmp_path):
         rb = {k: v for k, v in b[step].items() if k != "train/examples_per_s"}
         assert ra == rb, step
     (aux_a, carry_a), (aux_b, carry_b) = _aux(run, STEPS), _aux(workdir, STEPS)
-    for part in ("replay", "memory", "reward_stats", "vq_stats", "counter", "target_q"):
-        flat_a = ocp.tree.to_flat_dict(aux_a[part])
-        flat_b = ocp.tree.to_flat_dict(aux_b[part])
+    parts = {f"aux/{p}": (aux_a[p], aux_b[p]) for p in ("replay", "memory", "reward_stats", "vq_stats", "counter",
+                                                          "target_q")}
+    parts["carry"] = (carry_a, carry_b)  # includes each row's pending transition and capsule expansions
+    for part, (tree_a, tree_b) in parts.items():
+        flat_a, flat_b = ocp.tree.to_flat_dict(tree_a), ocp.tree.to_flat_dict(tree_b)
         assert flat_a.keys() == flat_b.keys()
         for key in flat_a:
             np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=f"{part}/{key}")

@@ -123,3 +123,32 @@ def test_bfloat16_forward_is_close_to_float32():
         outs[dtype] = np.asarray(out["logits"], np.float32)
     err = _rel_err(outs["bfloat16"], outs["float32"])
     assert 0 < err < 0.1
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_padded_attention_equals_unpadded(with_bias):
+    """The odd-length path used for cuDNN (one masked pad position) computes the same attention."""
+    from trm_jax.models.layers import fused_attention, padded_attention
+
+    kq, kk, kv, kb = jax.random.split(jax.random.PRNGKey(3), 4)
+    B, S, H, K = 2, 7, 2, 8
+    q, k, v = (jax.random.normal(key, (B, S, H, K)) for key in (kq, kk, kv))
+    bias = jax.random.normal(kb, (B, H, S, S)) if with_bias else None
+    expected = fused_attention(q, k, v, bias, "xla")
+    got = padded_attention(q, k, v, bias, "xla")
+    assert got.shape == (B, S, H, K)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    # The mask matters: attending to the zero pad position as well gives another result.
+    pad = ((0, 0), (0, 1), (0, 0), (0, 0))
+    unmasked = jax.nn.dot_product_attention(*(jnp.pad(t, pad) for t in (q, k, v)),
+                                            bias=None if bias is None else jnp.pad(bias, ((0, 0), (0, 0), (0, 1), (0, 1))))
+    assert float(jnp.abs(unmasked[:, :S] - expected).max()) > 1e-3
+
+
+def test_auto_attention_is_xla_off_gpu_and_for_float32():
+    from trm_jax.models.layers import resolve_attention_impl
+
+    assert resolve_attention_impl("auto", jnp.float32, 64) == "xla"
+    assert resolve_attention_impl("cudnn", jnp.float32, 64) == "cudnn"
+    if jax.default_backend() != "gpu":
+        assert resolve_attention_impl("auto", jnp.bfloat16, 64) == "xla"

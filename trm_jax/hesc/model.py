@@ -293,9 +293,12 @@ class HESC(nn.Module):
         reset = carry.halted
         steps = jnp.where(reset, 0, carry.steps)
         data = {k: _row_where(reset, batch[k], v) for k, v in carry.current_data.items()}
-        capsule_mask = ex["capsule_mask"] & ~reset[:, None]
-        num_expansions = jnp.where(reset, 0, ex["num_expansions"])
         prev_accuracy = jnp.where(reset, 0.0, ex["prev_accuracy"])
+        capsule_mask = num_expansions = None
+        if cfg.enable_capsules:
+            carried: caps.CapsuleState = ex["capsules"]
+            capsule_mask = carried.expanded_mask & ~reset[:, None]
+            num_expansions = jnp.where(reset, 0, carried.num_expansions)
         rnn_state = _row_where(reset, jnp.zeros_like(ex["rnn_state"]), ex["rnn_state"]) if "rnn_state" in ex else None
         target = ex.get("capsule_target")
         if cfg.mode == "capsules":
@@ -332,14 +335,18 @@ class HESC(nn.Module):
 
         expanded_index = jnp.full_like(steps, -1)
         cost = jnp.zeros(steps.shape, jnp.float32)
-        if cfg.enable_capsule_expansion:
-            state = caps.CapsuleState(sketches=out["capsule_sketches"], children=out["capsule_children"],
-                                      checksums=out["capsule_checksums"], expanded_mask=capsule_mask,
+        if cfg.enable_capsules:
+            # This step's capsules (content recomputed from the data and the current parameters,
+            # expansions carried) ride in the carry as a CapsuleState.
+            f32 = lambda x: jax.lax.stop_gradient(x).astype(jnp.float32)  # noqa: E731 (stable carry dtype)
+            state = caps.CapsuleState(sketches=f32(out["capsule_sketches"]), children=f32(out["capsule_children"]),
+                                      checksums=f32(out["capsule_checksums"]), expanded_mask=capsule_mask,
                                       num_expansions=num_expansions)
+        if cfg.enable_capsule_expansion:
             do_expand = (actions == EXPAND) & ~halted
             state, expanded_index, cost = caps.expand_capsules(state, do_expand, jax.lax.stop_gradient(
                 out["confidence"]), cfg.expansion_cost_per_child)
-            capsule_mask, num_expansions = state.expanded_mask, state.num_expansions
+            num_expansions = state.num_expansions
             # The expanded capsule's state takes its new (children) content right away.
             pos = cfg.capsule_offset + expanded_index
             hit = (jnp.arange(cfg.total_len)[None, :] == pos[:, None]) & (expanded_index >= 0)[:, None]
@@ -347,7 +354,9 @@ class HESC(nn.Module):
                                               axis=1)
             z_H = jnp.where(hit[..., None], jax.lax.stop_gradient(new_content).astype(z_H.dtype), z_H)
 
-        ex.update(capsule_mask=capsule_mask, num_expansions=num_expansions, prev_accuracy=accuracy)
+        ex["prev_accuracy"] = accuracy
+        if cfg.enable_capsules:
+            ex["capsules"] = state
         if "rnn_state" in ex:
             ex["rnn_state"] = jax.lax.stop_gradient(out["rnn_state"])
         if target is not None:
@@ -355,7 +364,8 @@ class HESC(nn.Module):
         out.update(actions=actions, accuracy=accuracy, prev_accuracy=prev_accuracy,
                    seq_correct=seq_correct, token_correct=correct, halted=halted, reset=reset,
                    expanded_index=expanded_index,
-                   expansion_cost=cost, num_expansions=num_expansions, label_counts=counts)
+                   expansion_cost=cost, label_counts=counts,
+                   num_expansions=jnp.zeros_like(steps) if num_expansions is None else num_expansions)
         new_carry = ACTCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, current_data=data, extras=ex)
         return new_carry, out
 
@@ -379,11 +389,13 @@ def initial_carry(cfg: HESCConfig, batch: Mapping[str, Any]) -> ACTCarry:
 
     B = np.shape(batch["inputs"])[0]
     hidden = jnp.zeros((B, cfg.total_len, cfg.hidden_size), cfg.dtype)
-    extras: Dict[str, Any] = {
-        "capsule_mask": jnp.zeros((B, cfg.k), jnp.bool_),
-        "num_expansions": jnp.zeros((B,), jnp.int32),
-        "prev_accuracy": jnp.zeros((B,), jnp.float32),
-    }
+    extras: Dict[str, Any] = {"prev_accuracy": jnp.zeros((B,), jnp.float32)}
+    if cfg.enable_capsules:
+        k, m, Dc = cfg.k, cfg.m, cfg.capsule_content_dim
+        extras["capsules"] = caps.CapsuleState(
+            sketches=jnp.zeros((B, k, Dc), jnp.float32), children=jnp.zeros((B, k, m, Dc), jnp.float32),
+            checksums=jnp.zeros((B, k, cfg.checksum_dim), jnp.float32),
+            expanded_mask=jnp.zeros((B, k), jnp.bool_), num_expansions=jnp.zeros((B,), jnp.int32))
     if cfg.q_head_type == "rnn":
         extras["rnn_state"] = jnp.zeros((B, cfg.q_head_hidden), jnp.float32)
     if cfg.mode == "capsules":

@@ -45,7 +45,7 @@ class TRMConfig:
     mlp_t: bool = False
     no_ACT_continue: bool = True
     loss_type: str = "stablemax_cross_entropy"
-    attention_impl: str = "xla"  # "xla" or "cudnn" (jax.nn.dot_product_attention)
+    attention_impl: str = "auto"  # "auto", "xla" or "cudnn" (layers.resolve_attention_impl)
 
     def __post_init__(self) -> None:
         errors = []
@@ -63,8 +63,8 @@ class TRMConfig:
             errors.append(f"forward_dtype={self.forward_dtype!r} not in {tuple(_DTYPES)}")
         if self.loss_type not in _LOSS_TYPES:
             errors.append(f"loss_type={self.loss_type!r} not in {_LOSS_TYPES}")
-        if self.attention_impl not in ("xla", "cudnn"):
-            errors.append(f"attention_impl={self.attention_impl!r} not in ('xla', 'cudnn')")
+        if self.attention_impl not in ("auto", "xla", "cudnn"):
+            errors.append(f"attention_impl={self.attention_impl!r} not in ('auto', 'xla', 'cudnn')")
         if self.puzzle_emb_ndim < 0 or self.puzzle_emb_len < 0:
             errors.append("puzzle_emb_ndim and puzzle_emb_len must be >= 0")
         elif self.puzzle_emb_ndim > self.puzzle_len * self.hidden_size:
