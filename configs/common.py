@@ -47,6 +47,7 @@ def trm_model(**overrides) -> ml_collections.ConfigDict:
         forward_dtype="bfloat16",
         mlp_t=False,
         no_ACT_continue=True,
+        remat="dots",  # what a block keeps for the backward: none | dots (matmul outputs) | dots_no_batch | full
         attention_impl="auto",  # cuDNN flash attention on GPUs in bf16, XLA elsewhere
     ))
     model.update(overrides)

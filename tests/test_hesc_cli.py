@@ -8,8 +8,10 @@ import pytest
 from tests.conftest import REPO
 from trm_jax.metrics_logger import read_metrics
 
+# End-to-end runs (minutes on 2 cores): the second CI step, `pytest -m slow`.
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
+
 def test_hesc_tiny_cli_run_shows_every_mechanism(tmp_path):
     workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")
     steps = 10

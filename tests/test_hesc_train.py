@@ -8,6 +8,9 @@ import pytest
 from trm_jax.metrics_logger import read_metrics
 from trm_jax.train import train_and_evaluate
 
+# End-to-end runs (minutes on 2 cores): the second CI step, `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 STEPS = 12
 
 

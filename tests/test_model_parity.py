@@ -66,10 +66,12 @@ def _jax_grads(model, variables, carry, batch, weights):
     return jax.jit(jax.grad(loss_fn))(variables["params"])
 
 
-@pytest.mark.parametrize("pos,mlp_t,H,L", [("rope", False, 3, 2), ("none", True, 2, 2), ("learned", False, 2, 1)])
-def test_gradients_flow_only_through_last_h_cycle(pos, mlp_t, H, L):
+@pytest.mark.parametrize("pos,mlp_t,H,L,remat", [("rope", False, 3, 2, "dots"), ("none", True, 2, 2, "full"),
+                                                 ("learned", False, 2, 1, "none"), ("rope", False, 2, 2, "dots_no_batch")])
+def test_gradients_flow_only_through_last_h_cycle(pos, mlp_t, H, L, remat):
+    """Gradients equal the float64 oracle's, whatever the rematerialisation policy."""
     ocfg = ref.oracle_config(pos_encodings=pos, mlp_t=mlp_t, H_cycles=H, L_cycles=L)
-    cfg = ref.model_config(ocfg)
+    cfg = ref.model_config(ocfg, remat=remat)
     sd = ref.random_state_dict(ocfg, seed=7)
     variables = trm_jax.from_torch(ref.with_prefix(sd), cfg)
     model = trm_jax.build_model(cfg)

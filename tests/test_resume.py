@@ -13,6 +13,9 @@ import pytest
 from tests.conftest import REPO, main_command
 from trm_jax.metrics_logger import read_metrics
 
+# End-to-end runs (minutes on 2 cores): the second CI step, `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 TOTAL_STEPS = 120
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled"}
 TIMING_KEYS = ("train/examples_per_s",)

@@ -45,6 +45,7 @@ class TRMConfig:
     mlp_t: bool = False
     no_ACT_continue: bool = True
     loss_type: str = "stablemax_cross_entropy"
+    remat: str = "dots"  # "none", "dots", "dots_no_batch" or "full": activations kept per block for backward
     attention_impl: str = "auto"  # "auto", "xla" or "cudnn" (layers.resolve_attention_impl)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,8 @@ class TRMConfig:
             errors.append(f"forward_dtype={self.forward_dtype!r} not in {tuple(_DTYPES)}")
         if self.loss_type not in _LOSS_TYPES:
             errors.append(f"loss_type={self.loss_type!r} not in {_LOSS_TYPES}")
+        if self.remat not in ("none", "dots", "dots_no_batch", "full"):
+            errors.append(f"remat={self.remat!r} not in ('none', 'dots', 'dots_no_batch', 'full')")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             errors.append(f"attention_impl={self.attention_impl!r} not in ('auto', 'xla', 'cudnn')")
         if self.puzzle_emb_ndim < 0 or self.puzzle_emb_len < 0:

@@ -61,9 +61,20 @@ class ReasoningModule(nn.Module):
     def __call__(self, h_BSD: jax.Array, injection_BSD: jax.Array, cos_sin: Optional[CosSin],
                  bias: Optional[jax.Array] = None) -> jax.Array:
         h_BSD = h_BSD + injection_BSD
+        block = Block if self.cfg.remat == "none" else nn.remat(Block, policy=_REMAT_POLICIES[self.cfg.remat](),
+                                                                 static_argnums=())
         for i in range(self.cfg.L_layers):
-            h_BSD = constrain_batch(Block(self.cfg, name=f"layers_{i}")(h_BSD, cos_sin, bias))
+            h_BSD = constrain_batch(block(self.cfg, name=f"layers_{i}")(h_BSD, cos_sin, bias))
         return h_BSD
+
+
+# What the backward of a block keeps (config ``remat``): everything ("none"), only matmul
+# outputs, recomputing norms, rotary and activations ("dots"), or only the block input ("full").
+_REMAT_POLICIES = {
+    "dots": lambda: jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": lambda: jax.checkpoint_policies.nothing_saveable,
+}
 
 
 def _scan(body, length: int):
