@@ -91,7 +91,7 @@ def main() -> None:
     for name, run in runs.items():
         times = sorted(run["times"])
         median = times[len(times) // 2]
-        lines.append(f"| {name} | {best[name]:.0f} | {median:.0f} | {args.batch_size / best[name] * 1e3:.1f} | "
+        lines.append(f"| {name} | {best[name]:.2f} | {median:.2f} | {args.batch_size / best[name] * 1e3:.1f} | "
                      f"{100 * (best[name] / base - 1):+.1f}% | {run['compile_s']:.1f} | {run['dqn_loss']:.4f} |")
     text = "\n".join(lines)
     print(text)
