@@ -152,5 +152,6 @@ def test_auto_attention_is_xla_off_gpu_and_for_float32():
 
     assert resolve_attention_impl("auto", jnp.float32, 64) == "xla"
     assert resolve_attention_impl("cudnn", jnp.float32, 64) == "cudnn"
+    assert resolve_attention_impl("auto", jnp.bfloat16, 64, has_bias=True) == "xla"
     if jax.default_backend() != "gpu":
         assert resolve_attention_impl("auto", jnp.bfloat16, 64) == "xla"

@@ -127,16 +127,20 @@ def apply_rope(q_BSHK: jax.Array, k_BSHK: jax.Array, cos_sin: CosSin) -> Tuple[j
     return q.astype(dtype), k.astype(dtype)
 
 
-def resolve_attention_impl(impl: str, dtype, head_dim: int) -> str:
+def resolve_attention_impl(impl: str, dtype, head_dim: int, has_bias: bool = False) -> str:
     """``"xla"`` or ``"cudnn"`` for a config's ``attention_impl`` (``"auto"``, ``"xla"`` or ``"cudnn"``).
 
     ``auto`` takes cuDNN's fused (flash) attention where it applies (a CUDA backend, 16-bit
     compute, head dim a multiple of 8 up to 128) and XLA's otherwise. The fused kernel never
     materialises the ``[B, H, S, S]`` scores: on an H100 the paper's ARC config at 192 examples
-    per GPU needs 57 GB with it and does not fit in 80 GB without it.
+    per GPU needs 57 GB with it and does not fit in 80 GB without it. With an attention bias
+    (HESC's hierarchical bias) ``auto`` stays with XLA: cuDNN's biased kernel has not been
+    measured on a GPU here (``cudnn`` still forces it).
     """
     if impl != "auto":
         return impl
+    if has_bias:
+        return "xla"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     on_gpu = jax.default_backend() == "gpu"
     return "cudnn" if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128 else "xla"
@@ -192,7 +196,8 @@ class Attention(nn.Module):
         q, k, v = jnp.split(qkv, 3, axis=2)  # each [B, S, H, K]
         if cos_sin is not None:
             q, k = apply_rope(q, k, cos_sin)
-        out = fused_attention(q, k, v, bias, resolve_attention_impl(self.implementation, self.dtype, head_dim))
+        impl = resolve_attention_impl(self.implementation, self.dtype, head_dim, has_bias=bias is not None)
+        out = fused_attention(q, k, v, bias, impl)
         out = out.reshape(B, S, self.num_heads * head_dim)
         return casted_dense(self.hidden_size, False, self.dtype, "o_proj")(out)
 
