@@ -61,8 +61,7 @@ class ReasoningModule(nn.Module):
     def __call__(self, h_BSD: jax.Array, injection_BSD: jax.Array, cos_sin: Optional[CosSin],
                  bias: Optional[jax.Array] = None) -> jax.Array:
         h_BSD = h_BSD + injection_BSD
-        block = Block if self.cfg.remat == "none" else nn.remat(Block, policy=_REMAT_POLICIES[self.cfg.remat](),
-                                                                 static_argnums=())
+        block = Block if self.cfg.remat == "none" else nn.remat(Block, policy=_REMAT_POLICIES[self.cfg.remat])
         for i in range(self.cfg.L_layers):
             h_BSD = constrain_batch(block(self.cfg, name=f"layers_{i}")(h_BSD, cos_sin, bias))
         return h_BSD
@@ -71,9 +70,9 @@ class ReasoningModule(nn.Module):
 # What the backward of a block keeps (config ``remat``): everything ("none"), only matmul
 # outputs, recomputing norms, rotary and activations ("dots"), or only the block input ("full").
 _REMAT_POLICIES = {
-    "dots": lambda: jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": lambda: jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
 }
 
 
