@@ -131,7 +131,8 @@ def main(_):
     batch = jax.device_put(random_batch(model_cfg, B, jax.random.PRNGKey(0)), batch_sh)
 
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    with jax.set_mesh(mesh):  # traced as the trainer traces it (activation and row-gradient shardings)
+        compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

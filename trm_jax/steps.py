@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trm_jax import optim
+from trm_jax import optim, puzzle_rows
 from trm_jax.losses import act_loss
 from trm_jax.models import TRM, TRMConfig, initial_carry
 from trm_jax.train_state import TrainState
@@ -37,15 +37,19 @@ def make_train_step(model: TRM, tx: optax.GradientTransformationExtraArgs, confi
     cfg = model.config
     use_ema = bool(config.ema)
 
-    def loss_fn(params, state: TrainState, batch: Batch, key):
-        variables = {"params": params, "buffers": state.buffers}
+    def loss_fn(params, row_offsets, state: TrainState, batch: Batch, key):
+        variables = {"params": params, "buffers": state.buffers, puzzle_rows.COLLECTION: row_offsets}
         new_carry, outputs = model.apply(variables, state.carry, batch, train=True, rngs={"exploration": key})
         loss, metrics = act_loss(new_carry, outputs, cfg.loss_type)
         return loss / config.global_batch_size, (new_carry, metrics)
 
     def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
         key = jax.random.fold_in(state.rng, state.step)
-        (_, (carry, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch, key)
+        offsets = puzzle_rows.zero_offsets(state.params, state.carry.halted.shape[0])
+        (_, (carry, metrics)), (grads, offset_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            state.params, offsets, state, batch, key)
+        # Row-sparse puzzle-table gradient: no [num_ids, D] all-reduce (trm_jax/puzzle_rows.py).
+        grads = puzzle_rows.with_table_grads(grads, offset_grads, carry.current_data["puzzle_identifiers"])
         updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                        puzzle_identifiers=carry.current_data["puzzle_identifiers"])
         params = optax.apply_updates(state.params, updates)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trm_jax import optim
+from trm_jax import optim, puzzle_rows
 from trm_jax.hesc import dqn, memory as mem_lib, replay as replay_lib, vq as vq_lib
 from trm_jax.hesc.config import HESCConfig
 from trm_jax.hesc.losses import action_metrics, hesc_loss
@@ -150,8 +150,9 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
                                                               cfg.dqn_alpha, cfg.dqn_beta)
             ready = aux["replay"].size >= cfg.dqn_buffer_min_size
 
-        def loss_fn(params):
-            new_carry, out = model.apply({"params": params, **state.buffers}, state.carry, batch, train=True,
+        def loss_fn(params, row_offsets):
+            new_carry, out = model.apply({"params": params, **state.buffers, puzzle_rows.COLLECTION: row_offsets},
+                                         state.carry, batch, train=True,
                                          epsilon=sched["epsilon"], temperature=sched["temperature"],
                                          memory=aux.get("memory"), rngs={"exploration": k_act, "masking": k_mask})
             dqn_terms, td = None, None
@@ -165,7 +166,10 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
                                       dqn_weight=sched["dqn_weight"] * ready if cfg.enable_dqn else 0.0)
             return loss / config.global_batch_size, (new_carry, out, metrics, td)
 
-        (_, (carry, out, metrics, td)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        offsets = puzzle_rows.zero_offsets(state.params, state.carry.halted.shape[0])
+        (_, (carry, out, metrics, td)), (grads, offset_grads) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(state.params, offsets)
+        grads = puzzle_rows.with_table_grads(grads, offset_grads, carry.current_data["puzzle_identifiers"])
         updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                        puzzle_identifiers=carry.current_data["puzzle_identifiers"])
         params = optax.apply_updates(state.params, updates)

@@ -202,11 +202,19 @@ class Attention(nn.Module):
         return casted_dense(self.hidden_size, False, self.dtype, "o_proj")(out)
 
 
+# Variable collection of zero row offsets that turns the puzzle table's gradient row-sparse
+# (see trm_jax/puzzle_rows.py).
+ROW_OFFSETS = "puzzle_rows"
+
+
 class CastedEmbedding(nn.Module):
     """Embedding table (float32 param ``embedding`` [num_embeddings, features]).
 
     Rows are gathered *before* the cast to ``dtype`` so a large table (the
-    puzzle embeddings, up to ~1M rows) is never cast as a whole.
+    puzzle embeddings, up to ~1M rows) is never cast as a whole. When the
+    ``puzzle_rows`` collection holds an offset ``delta [B, features]`` for this
+    module, gradients flow to the gathered rows (through ``delta``) instead of
+    the table: :mod:`trm_jax.puzzle_rows` builds the table's gradient from them.
     """
 
     num_embeddings: int
@@ -218,4 +226,8 @@ class CastedEmbedding(nn.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         table = self.param("embedding", trunc_normal_init(self.init_std),
                            (self.num_embeddings, self.features), jnp.float32)
-        return jnp.take(table, ids, axis=0).astype(self.dtype)
+        if self.has_variable(ROW_OFFSETS, "delta"):
+            rows = jnp.take(jax.lax.stop_gradient(table), ids, axis=0) + self.get_variable(ROW_OFFSETS, "delta")
+        else:
+            rows = jnp.take(table, ids, axis=0)
+        return rows.astype(self.dtype)
