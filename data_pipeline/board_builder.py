@@ -6,6 +6,7 @@ reference's options (``source`` / ``train_csv`` / ``test_csv``, ``num_train`` / 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -13,6 +14,21 @@ import numpy as np
 
 from data_pipeline.builder import PuzzleDatasetBuilder
 from data_pipeline.common import DataError
+
+
+@dataclasses.dataclass
+class Boards:
+    """Puzzles with their solutions: ``questions``/``answers`` ``[n, ...]`` uint8, ``ratings`` int64 ``[n]``."""
+
+    questions: np.ndarray
+    answers: np.ndarray
+    ratings: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ratings)
+
+    def take(self, idx: np.ndarray) -> "Boards":
+        return Boards(self.questions[idx], self.answers[idx], self.ratings[idx])
 
 
 class BoardDatasetBuilder(PuzzleDatasetBuilder):

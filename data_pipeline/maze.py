@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
 from data_pipeline import maze_logic
-from data_pipeline.board_builder import BoardDatasetBuilder
+from data_pipeline.board_builder import BoardDatasetBuilder, Boards
 from data_pipeline.common import PuzzleGroup, StaticMetadata, single_example_puzzle
 from data_pipeline.csv_format import check_charset, iter_csv_chunks
 from data_pipeline.generation import accept_first
@@ -59,19 +59,8 @@ class MazeOptions:
     seed: int = 0
 
 
-@dataclasses.dataclass
-class MazeBoards:
-    """questions/answers: uint8 ASCII [n, size, size]; ratings int64 [n] (path length)."""
-
-    questions: np.ndarray
-    answers: np.ndarray
-    ratings: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ratings)
-
-    def take(self, idx: np.ndarray) -> "MazeBoards":
-        return MazeBoards(self.questions[idx], self.answers[idx], self.ratings[idx])
+# Mazes as ASCII: questions/answers uint8 [n, size, size], ratings int64 [n] (path length).
+MazeBoards = Boards
 
 
 def read_maze_csv(path: str, size: int = 30, min_path_length: int = 0,

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
 from data_pipeline import sudoku_logic
-from data_pipeline.board_builder import BoardDatasetBuilder
+from data_pipeline.board_builder import BoardDatasetBuilder, Boards
 from data_pipeline.common import PuzzleGroup, StaticMetadata, single_example_puzzle
 from data_pipeline.csv_format import check_charset, iter_csv_chunks
 from data_pipeline.generation import accept_first
@@ -54,19 +54,8 @@ class SudokuOptions:
     seed: int = 0
 
 
-@dataclasses.dataclass
-class SudokuBoards:
-    """Boards as digits (0 = blank): questions/answers uint8 [n, 81], ratings int64 [n]."""
-
-    questions: np.ndarray
-    answers: np.ndarray
-    ratings: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ratings)
-
-    def take(self, idx: np.ndarray) -> "SudokuBoards":
-        return SudokuBoards(self.questions[idx], self.answers[idx], self.ratings[idx])
+# Sudoku boards as digits (0 = blank): questions/answers uint8 [n, 81], ratings int64 [n].
+SudokuBoards = Boards
 
 
 def read_sudoku_csv(path: str, min_rating: float = 0, limit: int | None = None) -> SudokuBoards:
