@@ -15,7 +15,7 @@ NaN guard, gradient statistics) is unchanged. The reference does the same with i
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -70,3 +70,22 @@ def with_table_grads(grads: Any, offset_grads: Dict[str, Any], ids_B: jax.Array)
         g_rows = _replicated(rows[path[:-1] + (OFFSET,)].astype(table_grad.dtype))
         flat[path] = jnp.zeros_like(table_grad).at[ids].add(g_rows)
     return traverse_util.unflatten_dict(flat)
+
+
+def value_and_grad(loss_fn: Callable[..., Tuple[jax.Array, Any]], ids_of: Callable[[Any], jax.Array],
+                   batch_size: int) -> Callable[..., Tuple[Tuple[jax.Array, Any], Any]]:
+    """``jax.value_and_grad(loss_fn, has_aux=True)`` with the puzzle tables' gradients row-sparse.
+
+    ``loss_fn(params, row_offsets, *args) -> (loss, aux)`` passes ``row_offsets`` to the model
+    as the :data:`COLLECTION` variables; ``ids_of(aux)`` returns the ``[B]`` identifiers the model
+    gathered. The returned ``f(params, *args)`` gives ``((loss, aux), grads)`` with ``grads``
+    shaped like ``params``, as plain ``value_and_grad`` would.
+    """
+
+    def f(params, *args):
+        offsets = zero_offsets(params, batch_size)
+        (loss, aux), (grads, offset_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            params, offsets, *args)
+        return (loss, aux), with_table_grads(grads, offset_grads, ids_of(aux))
+
+    return f

@@ -45,11 +45,10 @@ def make_train_step(model: TRM, tx: optax.GradientTransformationExtraArgs, confi
 
     def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
         key = jax.random.fold_in(state.rng, state.step)
-        offsets = puzzle_rows.zero_offsets(state.params, state.carry.halted.shape[0])
-        (_, (carry, metrics)), (grads, offset_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            state.params, offsets, state, batch, key)
         # Row-sparse puzzle-table gradient: no [num_ids, D] all-reduce (trm_jax/puzzle_rows.py).
-        grads = puzzle_rows.with_table_grads(grads, offset_grads, carry.current_data["puzzle_identifiers"])
+        grad_fn = puzzle_rows.value_and_grad(loss_fn, lambda aux: aux[0].current_data["puzzle_identifiers"],
+                                             state.carry.halted.shape[0])
+        (_, (carry, metrics)), grads = grad_fn(state.params, state, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                        puzzle_identifiers=carry.current_data["puzzle_identifiers"])
         params = optax.apply_updates(state.params, updates)

@@ -166,10 +166,9 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
                                       dqn_weight=sched["dqn_weight"] * ready if cfg.enable_dqn else 0.0)
             return loss / config.global_batch_size, (new_carry, out, metrics, td)
 
-        offsets = puzzle_rows.zero_offsets(state.params, state.carry.halted.shape[0])
-        (_, (carry, out, metrics, td)), (grads, offset_grads) = jax.value_and_grad(
-            loss_fn, argnums=(0, 1), has_aux=True)(state.params, offsets)
-        grads = puzzle_rows.with_table_grads(grads, offset_grads, carry.current_data["puzzle_identifiers"])
+        grad_fn = puzzle_rows.value_and_grad(loss_fn, lambda aux: aux[0].current_data["puzzle_identifiers"],
+                                             state.carry.halted.shape[0])
+        (_, (carry, out, metrics, td)), grads = grad_fn(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                        puzzle_identifiers=carry.current_data["puzzle_identifiers"])
         params = optax.apply_updates(state.params, updates)
