@@ -12,6 +12,7 @@ train step is the one the trainer compiles (``trm_jax.steps.make_train_step``).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -36,6 +37,8 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: 
 _JSON = flags.DEFINE_string("json_out", "", "Append the result as one JSON line to this file.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time one ACT forward (eval mode) and forward+backward "
                                "alone, so the step splits into forward / backward / optimizer and the rest.")
+_PROFILE = flags.DEFINE_string("profile_dir", "", "Also trace 3 steps with jax.profiler into this folder and "
+                               "print where the device time goes (see profile_summary.py).")
 
 # Dense bf16 tensor-core peaks (TFLOP/s, SXM parts).
 _GPU_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0, "V100": 125.0}
@@ -146,6 +149,17 @@ def main(_):
         state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - t0) / _STEPS.value
+
+    if _PROFILE.value:
+        from profile_summary import summarize_trace  # experiments/ is the script's folder
+        with jax.profiler.trace(_PROFILE.value):
+            for _ in range(3):
+                state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
+        hlo = compiled.as_text()
+        with open(os.path.join(_PROFILE.value, "step.hlo.txt"), "w") as f:
+            f.write(hlo)
+        print(summarize_trace(_PROFILE.value, top=40, steps=3, hlo_text=hlo))
 
     breakdown = step_breakdown(model, state, batch, model_cfg.loss_type, _STEPS.value) if _BREAKDOWN.value else {}
     peak, peak_source = device_peak_tflops()

@@ -68,6 +68,17 @@ def time_round(run: dict, steps: int) -> None:
     run["times"].append((time.perf_counter() - t0) / steps * 1e3)
 
 
+def paired_ratios(times: list[float], base_times: list[float]) -> list[float]:
+    """Per-round ratios ``times[r] / base_times[r]``, sorted: same-round pairs cancel slow drifts of the machine."""
+    return sorted(t / b for t, b in zip(times, base_times))
+
+
+def _pct(ratios: list[float]) -> str:
+    """'+1.2% [-0.5%, +3.0%]': the median and quartiles of sorted ratios, as percent changes."""
+    q = lambda f: 100 * (ratios[min(len(ratios) - 1, int(f * len(ratios)))] - 1)
+    return f"{q(0.5):+.1f}% [{q(0.25):+.1f}%, {q(0.75):+.1f}%]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=96)
@@ -77,22 +88,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds per setting")
     args = parser.parse_args()
     runs = {name: setup(d, e, args.batch_size, args.dtype) for name, (d, e) in SETTINGS.items()}
-    for _ in range(args.rounds):  # interleaved, so slow phases of a shared machine hit every setting
-        for run in runs.values():
-            time_round(run, args.steps)
+    names = list(runs)
+    for r in range(args.rounds):  # interleaved, so slow phases of a shared machine hit every setting;
+        for name in names[r % 4:] + names[:r % 4]:  # the order rotates, so no setting always runs first
+            time_round(runs[name], args.steps)
     best = {name: min(run["times"]) for name, run in runs.items()}
     base = best["dqn off, expansion off"]
+    paired = {name: paired_ratios(runs[name]["times"], runs["dqn off, expansion off"]["times"]) for name in runs}
     lines = [f"Command: `python experiments/benchmark_hesc.py --batch_size={args.batch_size} --steps={args.steps} "
              f"--rounds={args.rounds} --dtype={args.dtype}`", "",
              f"Device: {jax.devices()[0].device_kind} ({platform.machine()}, {os.cpu_count()} cores visible). "
              f"{args.rounds} interleaved rounds of {args.steps} steps per setting; min and median ms/step.", "",
-             "| setting | min ms/step | median ms/step | examples/s (min) | vs. both off (min) | compile s | dqn_loss |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| setting | min ms/step | median ms/step | examples/s (min) | vs. both off (min) "
+             "| vs. both off (paired median [quartiles]) | compile s | dqn_loss |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         times = sorted(run["times"])
         median = times[len(times) // 2]
         lines.append(f"| {name} | {best[name]:.2f} | {median:.2f} | {args.batch_size / best[name] * 1e3:.1f} | "
-                     f"{100 * (best[name] / base - 1):+.1f}% | {run['compile_s']:.1f} | {run['dqn_loss']:.4f} |")
+                     f"{100 * (best[name] / base - 1):+.1f}% | {_pct(paired[name])} | {run['compile_s']:.1f} | "
+                     f"{run['dqn_loss']:.4f} |")
+    # Main effects: each switch's paired ratio with the other switch off and on, pooled.
+    t = {name: run["times"] for name, run in runs.items()}
+    dqn = sorted(paired_ratios(t["dqn on, expansion off"], t["dqn off, expansion off"])
+                 + paired_ratios(t["dqn on, expansion on"], t["dqn off, expansion on"]))
+    exp = sorted(paired_ratios(t["dqn off, expansion on"], t["dqn off, expansion off"])
+                 + paired_ratios(t["dqn on, expansion on"], t["dqn on, expansion off"]))
+    lines += ["", f"Main effects (paired per round, both levels of the other switch pooled; median [quartiles]): "
+                  f"DQN {_pct(dqn)}, expansion {_pct(exp)}."]
     text = "\n".join(lines)
     print(text)
     print(json.dumps({name: run["times"] for name, run in runs.items()}))

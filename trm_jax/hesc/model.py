@@ -388,7 +388,7 @@ def initial_carry(cfg: HESCConfig, batch: Mapping[str, Any]) -> ACTCarry:
     import numpy as np
 
     B = np.shape(batch["inputs"])[0]
-    hidden = jnp.zeros((B, cfg.total_len, cfg.hidden_size), cfg.dtype)
+    hidden = lambda: jnp.zeros((B, cfg.total_len, cfg.hidden_size), cfg.dtype)  # noqa: E731 (two buffers: donatable)
     extras: Dict[str, Any] = {"prev_accuracy": jnp.zeros((B,), jnp.float32)}
     if cfg.enable_capsules:
         k, m, Dc = cfg.k, cfg.m, cfg.capsule_content_dim
@@ -400,6 +400,6 @@ def initial_carry(cfg: HESCConfig, batch: Mapping[str, Any]) -> ACTCarry:
         extras["rnn_state"] = jnp.zeros((B, cfg.q_head_hidden), jnp.float32)
     if cfg.mode == "capsules":
         extras["capsule_target"] = jnp.zeros((B, cfg.k), jnp.bool_)
-    return ACTCarry(z_H=hidden, z_L=hidden, steps=jnp.zeros((B,), jnp.int32), halted=jnp.ones((B,), jnp.bool_),
+    return ACTCarry(z_H=hidden(), z_L=hidden(), steps=jnp.zeros((B,), jnp.int32), halted=jnp.ones((B,), jnp.bool_),
                     current_data={k: jnp.zeros(np.shape(v), jnp.asarray(v).dtype) for k, v in batch.items()},
                     extras=extras)

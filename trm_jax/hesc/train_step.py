@@ -2,7 +2,8 @@
 
 Per step, inside one compiled function:
 
-1. sample a prioritized minibatch from the replay buffer (as it was at the start of the step);
+1. take the prioritized minibatch sampled from the replay buffer at the end of the previous
+   step (``aux["dqn_batch"]``: the buffer as it is at the start of this step);
 2. one ACT step of the model (epsilon-greedy actions, expansions, memory reads) and the total
    loss, whose DQN term is the TD loss on that minibatch (online vs target Q-parameters,
    weight ramped over ``dqn_warmup_ratio`` and zero until ``dqn_buffer_min_size``);
@@ -10,11 +11,17 @@ Per step, inside one compiled function:
 4. the non-differentiated state: rewards (normalised by running statistics), the transitions
    of this step into the buffer (a row's previous transition completes now; a halting row's
    transition is terminal), replay priorities, target-Q refresh, memory reads/writes, the
-   count-based curiosity table, VQ usage statistics and dead-code restarts.
+   count-based curiosity table, VQ usage statistics and dead-code restarts; then the next
+   step's minibatch is sampled from the updated buffer.
+
+The minibatch is prefetched rather than sampled at the start of the step so that the buffer is
+read after it is written: with the read first, XLA keeps the old buffer alive past the in-place
+writes and copies every ``[C, ...]`` storage array each step (two 200 MB arrays at the default
+``C = 100k``, ``D = 512``; ``tests/test_hesc_train_step.py`` checks the compiled step has none).
 
 Train-state layout: ``buffers`` holds every non-trained variable collection of the model
 (``{"buffers": {H_init, L_init, RND target}, "vq_ema": ...}``); ``aux`` holds ``replay``,
-``target_q``, ``memory``, ``reward_stats``, ``counter``, ``vq_stats`` (those enabled);
+``dqn_batch``, ``target_q``, ``memory``, ``reward_stats``, ``counter``, ``vq_stats`` (those enabled);
 the carry's ``extras["prev"]`` holds each row's pending transition.
 """
 from __future__ import annotations
@@ -85,6 +92,7 @@ def init_aux(cfg: HESCConfig, params: Any, key: jax.Array, ema_codebook_init: An
     aux: Dict[str, Any] = {"reward_stats": dqn.running_stats_init()}
     if cfg.enable_dqn:
         aux["replay"] = replay_lib.replay_init(cfg.dqn_buffer_capacity, _replay_example(cfg))
+        aux["dqn_batch"] = _sample_minibatch(cfg, aux["replay"], jax.random.fold_in(key, 1))
         aux["target_q"] = jax.tree.map(jnp.array, params["inner"]["action_head"])
         aux["counter"] = dqn.simhash_init(key, cfg.hidden_size, cfg.curiosity_hash_bits)
     if cfg.enable_memory:
@@ -145,10 +153,10 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
         k_sample, k_act, k_mask, k_restart = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)
         sched = _schedules(cfg, state.step, total_steps)
         aux = state.aux
-        if cfg.enable_dqn:
-            idx, transitions, is_w = replay_lib.replay_sample(aux["replay"], k_sample, cfg.dqn_batch_size,
-                                                              cfg.dqn_alpha, cfg.dqn_beta)
-            ready = aux["replay"].size >= cfg.dqn_buffer_min_size
+        if cfg.enable_dqn:  # sampled at the end of the previous step (module docstring)
+            minibatch = aux["dqn_batch"]
+            idx, transitions, is_w = minibatch["indices"], minibatch["transitions"], minibatch["is_weights"]
+            ready = minibatch["ready"]
 
         def loss_fn(params, row_offsets):
             new_carry, out = model.apply({"params": params, **state.buffers, puzzle_rows.COLLECTION: row_offsets},
@@ -177,7 +185,7 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
         out = jax.lax.stop_gradient(out)
 
         new_aux, carry, aux_metrics = _update_aux(cfg, rewards_cfg, state, carry, out, params, td,
-                                                  idx if cfg.enable_dqn else None, k_restart)
+                                                  idx if cfg.enable_dqn else None, k_sample)
         buffers = state.buffers
         if cfg.enable_vq and cfg.vq_use_ema:
             buffers = _with_ema_codebook(buffers, new_aux["vq_stats"])
@@ -201,8 +209,16 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
     return train_step
 
 
-def _update_aux(cfg: HESCConfig, rewards_cfg, state: TrainState, carry, out, params, td, idx, key):
-    """Rewards, transitions, replay priorities, target refresh, memory, curiosity counts, VQ stats."""
+def _sample_minibatch(cfg: HESCConfig, replay: replay_lib.ReplayBuffer, key: jax.Array) -> Dict[str, Any]:
+    """The next step's DQN minibatch: slots, transitions, importance weights and whether to learn."""
+    idx, transitions, is_w = replay_lib.replay_sample(replay, key, cfg.dqn_batch_size, cfg.dqn_alpha, cfg.dqn_beta)
+    return {"indices": idx, "transitions": transitions, "is_weights": is_w,
+            "ready": replay.size >= cfg.dqn_buffer_min_size}
+
+
+def _update_aux(cfg: HESCConfig, rewards_cfg, state: TrainState, carry, out, params, td, idx, sample_key):
+    """Rewards, transitions, replay priorities, target refresh, the next minibatch, memory, curiosity
+    counts, VQ stats."""
     aux = dict(state.aux)
     metrics: Dict[str, jax.Array] = {}
     step = state.step
@@ -227,7 +243,7 @@ def _update_aux(cfg: HESCConfig, rewards_cfg, state: TrainState, carry, out, par
         replay = aux["replay"]
         # Priorities of the sampled slots first: the adds below may overwrite them when the ring wraps.
         # Before dqn_buffer_min_size nothing was learned from them: out-of-range indices are no-ops.
-        ready = replay.size >= cfg.dqn_buffer_min_size
+        ready = aux["dqn_batch"]["ready"]
         replay = replay_lib.replay_update_priorities(replay, jnp.where(ready, idx, replay.capacity), td)
         # The previous transition of a row that went on with the same example completes now.
         cont = prev["valid"] & ~out["reset"]
@@ -236,6 +252,7 @@ def _update_aux(cfg: HESCConfig, rewards_cfg, state: TrainState, carry, out, par
         # A halting row's transition is terminal: no next state.
         replay = replay_lib.replay_add(replay, s_t, out["actions"], reward, s_t, out["halted"], out["halted"])
         aux["replay"] = replay
+        aux["dqn_batch"] = _sample_minibatch(cfg, replay, sample_key)  # read after the writes: no copy
         aux["target_q"] = dqn.update_target(aux["target_q"], params["inner"]["action_head"], step + 1,
                                             cfg.dqn_target_update_freq, cfg.dqn_target_tau)
         extras = dict(carry.extras)

@@ -42,10 +42,10 @@ def initial_carry(model_cfg: Any, batch: Mapping[str, Any]) -> ACTCarry:
     """
     cfg = TRMConfig.from_any(model_cfg)
     batch_size = np.shape(batch["inputs"])[0]
-    hidden = jnp.zeros((batch_size, cfg.total_len, cfg.hidden_size), cfg.dtype)
-    return ACTCarry(
-        z_H=hidden,
-        z_L=hidden,
+    hidden = lambda: jnp.zeros((batch_size, cfg.total_len, cfg.hidden_size), cfg.dtype)  # noqa: E731
+    return ACTCarry(  # two buffers, not one: a state made eagerly can then be donated to a jitted step
+        z_H=hidden(),
+        z_L=hidden(),
         steps=jnp.zeros((batch_size,), jnp.int32),
         halted=jnp.ones((batch_size,), jnp.bool_),
         current_data={k: jnp.zeros(np.shape(v), jnp.asarray(v).dtype) for k, v in batch.items()},
