@@ -1,19 +1,25 @@
 """Cost of the DQN and of capsule expansion inside the compiled HESC train step.
 
-    python experiments/benchmark_hesc.py --steps=5 [--batch_size=96] [--out=experiments/results/hesc_overhead.md]
+    python experiments/benchmark_hesc.py --steps=2 --rounds=8 [--batch_size=96] [--out=experiments/results/hesc_overhead_cpu.md]
 
 The PyTorch HESC notes' benchmark shape: batch 96, k = 12 capsules, D = 512, H_cycles 3,
 L_cycles 2, on capsule data (random capsules of the dataset's shape here, so no dataset is
 needed). Four settings: DQN off/on x expansion off/on; every other extension stays as in
 ``configs/hesc.py``. The PyTorch system reports +20% step time for the DQN and +12% for
 expansion on an A100; with the replay buffer inside the compiled step the aim is < 5% each.
+
+The settings run in interleaved rounds (rotating order); each setting is reported by its best
+round and by its per-round ratio to "both off" (paired, so slow drifts of a shared machine
+cancel), with the MB per step of whole-array copies in the compiled step.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import re
 import time
 
 import jax
@@ -45,16 +51,30 @@ def setup(dqn: bool, expansion: bool, batch_size: int, dtype: str):
                  children=jax.random.normal(k3, batch["children"].shape),
                  checksums=jax.random.normal(k4, batch["checksums"].shape))
     batch["labels"] = batch["inputs"]
-    step = jax.jit(make_hesc_train_step(model, tx, config, 100_000), donate_argnums=0)
     t0 = time.perf_counter()
-    state, m = step(state, batch)
-    jax.block_until_ready(m)
+    step = jax.jit(make_hesc_train_step(model, tx, config, 100_000), donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    copy_mb = entry_copy_mb(step.as_text())
+    state, m = step(state, batch)
     for _ in range(3):  # past dqn_buffer_min_size: the TD update runs in the timed steps
         state, m = step(state, batch)
     jax.block_until_ready(m)
-    return {"step": step, "state": state, "batch": batch, "compile_s": compile_s,
+    return {"step": step, "state": state, "batch": batch, "compile_s": compile_s, "copy_mb": copy_mb,
             "dqn_loss": float(m.get("dqn_loss", 0.0)), "times": []}
+
+
+_COPY = re.compile(r"= (\w+)\[([\d,]*)\]\{[^}]*\} copy\(")
+_BYTES = {"f64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s8": 1, "u8": 1, "pred": 1}
+
+
+def entry_copy_mb(hlo: str, min_mb: float = 1.0) -> float:
+    """MB moved per step by ``copy`` instructions of at least ``min_mb`` in the compiled step's entry
+    computation (the whole-array copies XLA adds when a buffer cannot be updated in place)."""
+    total = 0.0
+    for dtype, dims in _COPY.findall(hlo[hlo.index("\nENTRY"):]):
+        mb = math.prod(int(d) for d in dims.split(",") if d) * _BYTES.get(dtype, 4) / 2 ** 20
+        total += mb if mb >= min_mb else 0.0
+    return total
 
 
 def time_round(run: dict, steps: int) -> None:
@@ -100,14 +120,14 @@ def main() -> None:
              f"Device: {jax.devices()[0].device_kind} ({platform.machine()}, {os.cpu_count()} cores visible). "
              f"{args.rounds} interleaved rounds of {args.steps} steps per setting; min and median ms/step.", "",
              "| setting | min ms/step | median ms/step | examples/s (min) | vs. both off (min) "
-             "| vs. both off (paired median [quartiles]) | compile s | dqn_loss |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| vs. both off (paired median [quartiles]) | compile s | whole-array copies MB/step | dqn_loss |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         times = sorted(run["times"])
         median = times[len(times) // 2]
         lines.append(f"| {name} | {best[name]:.2f} | {median:.2f} | {args.batch_size / best[name] * 1e3:.1f} | "
                      f"{100 * (best[name] / base - 1):+.1f}% | {_pct(paired[name])} | {run['compile_s']:.1f} | "
-                     f"{run['dqn_loss']:.4f} |")
+                     f"{run['copy_mb']:.0f} | {run['dqn_loss']:.4f} |")
     # Main effects: each switch's paired ratio with the other switch off and on, pooled.
     t = {name: run["times"] for name, run in runs.items()}
     dqn = sorted(paired_ratios(t["dqn on, expansion off"], t["dqn off, expansion off"])

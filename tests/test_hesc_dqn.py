@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from trm_jax.hesc import dqn
+from trm_jax.hesc.config import HESCConfig
 
 N, D, A = 16, 4, 3
 
@@ -208,7 +209,7 @@ def test_action_counts():
 # Rewards
 # --------------------------------------------------------------------------- #
 def test_step_rewards_match_numpy():
-    cfg = dqn.RewardConfig()
+    cfg = dqn.RewardConfig.from_config(HESCConfig(seq_len=900, vocab_size=12))  # the configured defaults
     rows = {  # improvement | halt correct | halt wrong | expand helped | expand no help | memory
         "acc_prev": np.array([0.2, 0.5, 0.5, 0.3, 0.6, 0.1], np.float32),
         "acc": np.array([0.4, 0.5, 0.4, 0.7, 0.6, 0.3], np.float32),

@@ -24,6 +24,25 @@ SUM_METRICS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps"
                "lm_loss", "q_halt_loss", "q_continue_loss")
 
 
+def optimizer_step(tx: optax.GradientTransformationExtraArgs, state: TrainState, grads: Any, carry: Any,
+                   config: Any, total_steps: int) -> Tuple[Any, Any, jax.Array, Metrics]:
+    """One optimizer update behind the non-finite guard: ``(params, opt_state, finite, metrics)``.
+
+    ``finite`` is False when the guard refused the update (parameters unchanged); the metrics are
+    the gradient statistics, the learning rates and the skipped-step counters. Shared by the TRM
+    and HESC train steps.
+    """
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   puzzle_identifiers=carry.current_data["puzzle_identifiers"])
+    params = optax.apply_updates(state.params, updates)
+    guard = optim.guard_counters(opt_state)
+    metrics = dict(optim.grad_stats(grads))
+    metrics.update({k.split("/", 1)[1]: v for k, v in optim.current_learning_rates(opt_state, config, total_steps).items()})
+    metrics["skipped_steps"] = guard["total_notfinite"].astype(jnp.float32)
+    metrics["consecutive_skipped"] = guard["notfinite_count"].astype(jnp.float32)
+    return params, opt_state, guard["last_finite"], metrics
+
+
 def make_train_step(model: TRM, tx: optax.GradientTransformationExtraArgs, config: Any,
                     total_steps: int) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
     """``train_step(state, batch) -> (state, metrics)``: one ACT step and one optimizer step.
@@ -49,18 +68,10 @@ def make_train_step(model: TRM, tx: optax.GradientTransformationExtraArgs, confi
         grad_fn = puzzle_rows.value_and_grad(loss_fn, lambda aux: aux[0].current_data["puzzle_identifiers"],
                                              state.carry.halted.shape[0])
         (_, (carry, metrics)), grads = grad_fn(state.params, state, batch, key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                       puzzle_identifiers=carry.current_data["puzzle_identifiers"])
-        params = optax.apply_updates(state.params, updates)
-        guard = optim.guard_counters(opt_state)
-        finite = guard["last_finite"]
+        params, opt_state, finite, opt_metrics = optimizer_step(tx, state, grads, carry, config, total_steps)
         carry = carry.replace(halted=carry.halted | ~finite)
         ema = optim.ema_update(state.ema_params, params, config.ema_rate) if use_ema else state.ema_params
-        metrics = dict(metrics)
-        metrics.update(optim.grad_stats(grads))
-        metrics.update({k.split("/", 1)[1]: v for k, v in optim.current_learning_rates(opt_state, config, total_steps).items()})
-        metrics["skipped_steps"] = guard["total_notfinite"].astype(jnp.float32)
-        metrics["consecutive_skipped"] = guard["notfinite_count"].astype(jnp.float32)
+        metrics = {**metrics, **opt_metrics}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema, carry=carry)
         return new_state, metrics
 

@@ -211,15 +211,27 @@ def dqn_loss_weight(step: jax.typing.ArrayLike, total_steps: int, weight: float,
 # --------------------------------------------------------------------------- #
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
-    """Coefficients of :func:`step_rewards` (static; the ``*_weight`` fields scale curiosity)."""
+    """Coefficients of :func:`step_rewards` (static; the ``*_weight`` fields scale curiosity).
 
-    step_penalty: float = 0.01
-    terminal_correct: float = 1.0
-    terminal_incorrect: float = -0.5
-    expansion_bonus: float = 0.1
-    memory_bonus: float = 0.05
-    rnd_weight: float = 0.01
-    count_weight: float = 0.01
+    The defaults live in one place, ``HESCConfig``'s ``reward_*`` / ``curiosity_*_weight`` fields:
+    build this with :meth:`from_config`.
+    """
+
+    step_penalty: float
+    terminal_correct: float
+    terminal_incorrect: float
+    expansion_bonus: float
+    memory_bonus: float
+    rnd_weight: float
+    count_weight: float
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "RewardConfig":
+        """From an object with ``HESCConfig``'s ``reward_*`` and ``curiosity_*_weight`` fields."""
+        return cls(step_penalty=cfg.reward_step_penalty, terminal_correct=cfg.reward_terminal_correct,
+                   terminal_incorrect=cfg.reward_terminal_incorrect, expansion_bonus=cfg.reward_expansion_bonus,
+                   memory_bonus=cfg.reward_memory_bonus, rnd_weight=cfg.curiosity_rnd_weight,
+                   count_weight=cfg.curiosity_count_weight)
 
 
 def step_rewards(cfg: RewardConfig, *, acc_prev: jax.Array, acc: jax.Array, halted: jax.Array,

@@ -40,6 +40,7 @@ from trm_jax.hesc.model import HESC, initial_carry
 from trm_jax.hesc.qheads import ActionQHead
 from trm_jax.losses import act_loss_terms
 from trm_jax.models.trm import dummy_batch
+from trm_jax.steps import optimizer_step
 from trm_jax.train_state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -143,10 +144,7 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
     cfg: HESCConfig = model.config
     head = _action_head(cfg)
     q_apply = lambda p, s: head.apply({"params": p}, s, method=ActionQHead.q_from_replay)  # noqa: E731
-    rewards_cfg = dqn.RewardConfig(step_penalty=cfg.reward_step_penalty, terminal_correct=cfg.reward_terminal_correct,
-                                   terminal_incorrect=cfg.reward_terminal_incorrect,
-                                   expansion_bonus=cfg.reward_expansion_bonus, memory_bonus=cfg.reward_memory_bonus,
-                                   rnd_weight=cfg.curiosity_rnd_weight, count_weight=cfg.curiosity_count_weight)
+    rewards_cfg = dqn.RewardConfig.from_config(cfg)
     use_ema = bool(config.ema)
 
     def train_step(state: TrainState, batch: Batch):
@@ -177,11 +175,7 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
         grad_fn = puzzle_rows.value_and_grad(loss_fn, lambda aux: aux[0].current_data["puzzle_identifiers"],
                                              state.carry.halted.shape[0])
         (_, (carry, out, metrics, td)), grads = grad_fn(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                       puzzle_identifiers=carry.current_data["puzzle_identifiers"])
-        params = optax.apply_updates(state.params, updates)
-        guard = optim.guard_counters(opt_state)
-        finite = guard["last_finite"]
+        params, opt_state, finite, opt_metrics = optimizer_step(tx, state, grads, carry, config, total_steps)
         out = jax.lax.stop_gradient(out)
 
         new_aux, carry, aux_metrics = _update_aux(cfg, rewards_cfg, state, carry, out, params, td,
@@ -196,12 +190,8 @@ def make_hesc_train_step(model: HESC, tx: optax.GradientTransformationExtraArgs,
 
         metrics = dict(metrics)
         metrics.update(aux_metrics)
-        metrics.update(optim.grad_stats(grads))
-        metrics.update({k.split("/", 1)[1]: v for k, v in
-                        optim.current_learning_rates(opt_state, config, total_steps).items()})
+        metrics.update(opt_metrics)
         metrics["dqn_epsilon"], metrics["dqn_temperature"] = sched["epsilon"], sched["temperature"]
-        metrics["skipped_steps"] = guard["total_notfinite"].astype(jnp.float32)
-        metrics["consecutive_skipped"] = guard["notfinite_count"].astype(jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, buffers=buffers, opt_state=opt_state,
                                   ema_params=ema, carry=carry, aux=new_aux)
         return new_state, metrics
