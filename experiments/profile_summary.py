@@ -68,27 +68,18 @@ def _phase_part(op_name: str) -> str:
 def summarize(events: Iterable[tuple[str, float, dict]], op_names: dict[str, str] | None = None) -> dict:
     """Totals per op and per source operation (JAX op_name, from the profile or the HLO), sorted by time."""
     op_names = op_names or {}
-
-    def _source_op(name: str, stats: dict) -> str:
-        return _short(str(stats.get("tf_op") or op_names.get(name) or op_names.get(stats.get("hlo_op", "")) or ""))
-
     by_op: dict[str, list] = collections.defaultdict(lambda: [0.0, 0, ""])
     by_source: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
     by_part: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
     total = 0.0
     for name, ns, stats in events:
+        op_name = str(stats.get("tf_op") or op_names.get(name) or op_names.get(stats.get("hlo_op", "")) or "")
+        source = _short(op_name)
         total += ns
-        row = by_op[name]
-        row[0] += ns
-        row[1] += 1
-        row[2] = row[2] or _source_op(name, stats)
-        src = by_source[_source_op(name, stats) or name]
-        src[0] += ns
-        src[1] += 1
-        full = str(stats.get("tf_op") or op_names.get(name) or op_names.get(stats.get("hlo_op", "")) or name)
-        part = by_part[_phase_part(full)]
-        part[0] += ns
-        part[1] += 1
+        by_op[name][2] = by_op[name][2] or source
+        for row in (by_op[name], by_source[source or name], by_part[_phase_part(op_name or name)]):
+            row[0] += ns
+            row[1] += 1
     ops = sorted(((n, t, c, s) for n, (t, c, s) in by_op.items()), key=lambda r: -r[1])
     sources = sorted(((n, t, c) for n, (t, c) in by_source.items()), key=lambda r: -r[1])
     parts = sorted(((n, t, c) for n, (t, c) in by_part.items()), key=lambda r: -r[1])
