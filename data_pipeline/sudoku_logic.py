@@ -141,29 +141,37 @@ def random_solution(rng: random.Random) -> list[int]:
     return _Search([0] * 81, 1, rng, None, None).run().solutions[0]
 
 
-def generate_puzzle(rng: random.Random) -> tuple[list[int], list[int]]:
-    """A random minimal puzzle with a unique solution: (puzzle, solution), 81 ints each.
+def generate_puzzle(rng: random.Random, max_blanks: int | None = None) -> tuple[list[int], list[int]]:
+    """A random puzzle with a unique solution: (puzzle, solution), 81 ints each.
 
     Clues of a random full grid are removed in random order; a removal is kept only when the
-    puzzle stays unique, i.e. no solution exists with that cell set to another digit.
+    puzzle stays unique, i.e. no solution exists with that cell set to another digit. Without
+    ``max_blanks`` every removable clue goes (a minimal puzzle); with it, removal stops at
+    ``max_blanks`` blank cells (an easy puzzle: fewer unknowns, each forced by few others).
     """
     solution = random_solution(rng)
     puzzle = list(solution)
     order = list(range(81))
     rng.shuffle(order)
+    blanks = 0
     for cell in order:
+        if max_blanks is not None and blanks >= max_blanks:
+            break
         digit = puzzle[cell]
         puzzle[cell] = 0
         if _Search(puzzle, 1, None, (cell, digit), None).run().solutions:
             puzzle[cell] = digit  # another digit fits: the clue is needed
+        else:
+            blanks += 1
     return puzzle, solution
 
 
-def generation_attempt(attempt: int, *, seed: int, split: str, min_rating: int = 0):
+def generation_attempt(attempt: int, *, seed: int, split: str, min_rating: int = 0,
+                       max_blanks: int | None = None):
     """Attempt number ``attempt`` of a generation run: (puzzle, solution, rating) or None if
     rated below ``min_rating``. Module level and light to import, for worker processes."""
     rng = attempt_rng(seed, split, attempt, salt="sudoku")
-    puzzle, solution = generate_puzzle(rng)
+    puzzle, solution = generate_puzzle(rng, max_blanks)
     rating = rate(puzzle)
     return (puzzle, solution, rating) if rating >= min_rating else None
 

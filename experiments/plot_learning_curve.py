@@ -1,18 +1,18 @@
 """Plot train/eval accuracy and loss from a run's metrics.jsonl.
 
     python experiments/plot_learning_curve.py --workdir=runs/sudoku_tiny --out=experiments/results/curve.png
+
+The trainer already writes ``WORKDIR/learning_curve.png`` at the end of a run; this redraws it
+(e.g. for a run still in progress, or under another name). The plot is
+:func:`trm_jax.plots.plot_learning_curve`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from trm_jax.metrics_logger import read_metrics  # noqa: E402
+from trm_jax.metrics_logger import read_metrics
+from trm_jax.plots import plot_learning_curve
 
 
 def main() -> None:
@@ -22,26 +22,7 @@ def main() -> None:
     parser.add_argument("--title", default="")
     args = parser.parse_args()
     records = read_metrics(os.path.join(args.workdir, "metrics.jsonl"))
-    train = [r for r in records if "train/accuracy" in r]
-    evals = [r for r in records if "eval/accuracy" in r]
-
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, style in (("accuracy", "-"), ("exact_accuracy", "--")):
-        ax_acc.plot([r["step"] for r in train], [r[f"train/{key}"] for r in train], style, label=f"train/{key}")
-        if evals:
-            ax_acc.plot([r["step"] for r in evals], [r[f"eval/{key}"] for r in evals], style + "o",
-                        label=f"eval/{key}")
-    ax_acc.set_xlabel("optimizer step")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.legend()
-    ax_loss.plot([r["step"] for r in train], [r["train/lm_loss"] for r in train], label="train/lm_loss")
-    ax_loss.plot([r["step"] for r in train], [r["train/q_halt_loss"] for r in train], label="train/q_halt_loss")
-    ax_loss.set_xlabel("optimizer step")
-    ax_loss.set_yscale("log")
-    ax_loss.legend()
-    fig.suptitle(args.title or args.workdir)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    plot_learning_curve(records, args.out, title=args.title or args.workdir)
     print(f"wrote {args.out}")
 
 

@@ -19,6 +19,8 @@ MICRO_OVERRIDES = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.puzzle_emb_ndim": 32, "model.H_cycles": 2,
     "model.L_cycles": 1, "model.L_layers": 1, "model.halt_max_steps": 3, "global_batch_size": 16,
     "log_interval": 1, "eval_interval": 0, "wandb_mode": "disabled",
+    # The tiny preset (200 minimal puzzles x 5), built once per session by the data_dir fixture.
+    "data.options.preset": "tiny",
 }
 
 

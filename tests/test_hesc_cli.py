@@ -1,4 +1,4 @@
-"""The headline HESC command at tiny size, through the CLI, on the tiny ARC-AGI dataset (slow)."""
+"""HESC at tiny size through the CLI on the tiny ARC-AGI dataset (`hesc.py:tiny,arc`; slow)."""
 import os
 import subprocess
 import sys
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_hesc_tiny_cli_run_shows_every_mechanism(tmp_path):
     workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")
     steps = 10
-    cmd = [sys.executable, "-m", "trm_jax.main", "--config=configs/hesc.py:tiny", f"--workdir={workdir}",
+    cmd = [sys.executable, "-m", "trm_jax.main", "--config=configs/hesc.py:tiny,arc", f"--workdir={workdir}",
            f"--config.max_steps={steps}", "--config.log_interval=1", f"--config.data.data_dir={data_dir}",
            "--config.wandb_mode=disabled", "--config.model.dqn_buffer_min_size=32"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800,

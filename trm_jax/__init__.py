@@ -7,12 +7,16 @@ Public API::
     variables = trm_jax.from_torch(state_dict, model_cfg)   # reference checkpoint -> Flax variables
     carry = trm_jax.initial_carry(model_cfg, batch)         # every row halted
     carry, out = model.apply(variables, carry, batch, train=False)
-    state_dict = trm_jax.to_torch(variables, model_cfg)     # and back
+    state_dict = trm_jax.to_torch(variables, model_cfg)     # and back (torch tensors)
+    trm_jax.save_torch(variables, model_cfg, "step_N.pt")   # a reference .pt, written without torch
+    config, variables = trm_jax.load_checkpoint(workdir)    # a trained run's config and (EMA) weights
 """
 from trm_jax.losses import act_loss, normalize_metrics, softmax_cross_entropy, stablemax_cross_entropy
 from trm_jax.models import (ACTCarry, ConfigError, TRM, TRMConfig, build_model, dummy_batch, init_variables,
                             initial_carry, random_batch)
-from trm_jax.torch_io import StateDictError, from_torch, to_torch
+from trm_jax.pt_format import PtFormatError, UnsafeCheckpointError, load_pt, save_pt
+from trm_jax.torch_io import StateDictError, from_torch, save_torch, to_torch
+from trm_jax.pretrained import CheckpointInfo, load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -20,4 +24,6 @@ __all__ = [
     "ACTCarry", "ConfigError", "StateDictError", "TRM", "TRMConfig", "act_loss", "build_model", "dummy_batch",
     "from_torch", "init_variables", "initial_carry", "normalize_metrics", "softmax_cross_entropy",
     "random_batch", "stablemax_cross_entropy", "to_torch",
+    "PtFormatError", "UnsafeCheckpointError", "load_pt", "save_pt", "save_torch",
 ]
+__all__ += ["CheckpointInfo", "load_checkpoint"]

@@ -15,7 +15,7 @@ interrupted save never becomes "latest".
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -150,17 +150,20 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {_short(e)}") from e
         return restored["state"], dict(restored["data"])
 
-    def restore_params(self, step: int, sharding: Any) -> Dict[str, Any]:
+    def restore_params(self, step: int, sharding: Any,
+                       keys: Sequence[str] = ("params", "buffers", "ema_params")) -> Dict[str, Any]:
         """Only ``params``/``buffers`` (and ``ema_params`` if saved) of a checkpoint, for ``--restore_from``.
 
         Restored with ``sharding`` whatever mesh wrote them; the optimizer, carry
-        and data position of the other run are not read.
+        and data position of the other run are not read. ``keys`` picks other parts of the
+        state; ``"aux/memory"`` names a nested entry (restored as ``{"aux": {"memory": ...}}``).
+        Keys the checkpoint lacks are left out.
         """
         path = os.path.join(self.directory, str(step), "state")
         try:
             meta = self.manager.item_metadata(step)["state"]
             meta = getattr(meta, "tree", meta)
-            target = {k: meta[k] for k in ("params", "buffers", "ema_params") if k in meta}
+            target = _select(meta, keys)
             abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), target)
             restore_args = jax.tree.map(
                 lambda m: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=m.shape, dtype=m.dtype), target)
@@ -178,6 +181,24 @@ class Checkpointer:
         self.manager.close()
         if self.best is not None:
             self.best.close()
+
+
+def _select(tree: Mapping[str, Any], keys: Sequence[str]) -> Dict[str, Any]:
+    """The entries of ``tree`` named by ``keys`` ("a/b" = ``tree["a"]["b"]``), nesting kept; absent ones skipped."""
+    out: Dict[str, Any] = {}
+    for key in keys:
+        node, parts = tree, key.split("/")
+        for part in parts:
+            node = node.get(part) if isinstance(node, Mapping) else None
+            if node is None:
+                break
+        if node is None:
+            continue
+        dest = out
+        for part in parts[:-1]:
+            dest = dest.setdefault(part, {})
+        dest[parts[-1]] = node
+    return out
 
 
 def _short(e: BaseException, limit: int = 400) -> str:

@@ -4,7 +4,8 @@
 
 The same command in a workdir that holds a checkpoint resumes the run exactly.
 Flags: ``--restore_from`` (another run's workdir, or a PyTorch checkpoint file)
-starts from those parameters; ``--eval_only`` evaluates and exits;
+starts from those parameters (a PyTorch file is read without running its pickle;
+``--trust_pickle`` allows a trusted file that needs more); ``--eval_only`` evaluates and exits;
 ``--dataset_only`` builds the dataset and exits; ``--rebuild_dataset`` rebuilds it.
 Multi-host: see ``trm_jax/distributed.py`` (launcher environments are detected;
 ``--coordinator_address/--num_processes/--process_id`` override).
@@ -21,6 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, W&B).")
 _RESTORE_FROM = flags.DEFINE_string("restore_from", "", "Start from the parameters of another run's workdir "
                                     "(or its checkpoints dir), or of a PyTorch reference checkpoint file.")
+_TRUST_PICKLE = flags.DEFINE_bool("trust_pickle", False, "Trust the --restore_from PyTorch file: if its pickle needs "
+                                   "more than tensors, load it with torch.load(weights_only=False), which runs "
+                                   "the code it names. Only for files from a trusted source.")
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's latest checkpoint (or --restore_from) "
                                "and exit.")
 _DATASET_ONLY = flags.DEFINE_bool("dataset_only", False, "Build the configured dataset and exit.")
@@ -60,7 +64,7 @@ def main(argv) -> None:
         if not _WORKDIR.value:
             raise app.UsageError("--workdir is required (where checkpoints and metrics go)")
         train_and_evaluate(config, _WORKDIR.value, restore_from=_RESTORE_FROM.value, eval_only=_EVAL_ONLY.value,
-                           rebuild_dataset=_REBUILD.value)
+                           rebuild_dataset=_REBUILD.value, trust_pickle=_TRUST_PICKLE.value)
     except (CheckpointError, ConfigError, DataError, FloatingPointError) as e:  # user-facing: no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -13,7 +13,9 @@ PyTorch (reference)                        Flax
 ``inner.H_init`` / ``inner.L_init``        ``buffers/inner/H_init`` / ``buffers/inner/L_init``
 =========================================  =============================================
 
-Torch is only imported when torch tensors are given or asked for.
+Torch is never needed: checkpoint files are read by :mod:`trm_jax.pt_format` (a restricted
+unpickler: a ``.pt`` from an untrusted source cannot run code here) and written by
+:func:`save_torch`; torch is only imported when torch tensors are given or asked for.
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from trm_jax.models.config import TRMConfig
+from trm_jax.pt_format import load_pt, save_pt
 
 _STRIP_PREFIXES = ("_orig_mod.", "model.")
 # Default prefix of ``to_torch``: what the reference ``pretrain.py`` saves and
@@ -75,11 +79,9 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _load_state_dict(source: Union[Mapping[str, Any], str, os.PathLike]) -> Mapping[str, Any]:
+def _load_state_dict(source: Union[Mapping[str, Any], str, os.PathLike], trust_pickle: bool) -> Mapping[str, Any]:
     if isinstance(source, (str, os.PathLike)):
-        import torch
-
-        source = torch.load(os.fspath(source), map_location="cpu", weights_only=False)
+        source = load_pt(source, trust_pickle=trust_pickle)  # FileNotFoundError first, then format/safety errors
     if isinstance(source, Mapping) and isinstance(source.get("model"), Mapping):
         source = source["model"]  # a full reference checkpoint {"model", "optimizers", "step"}
     if not isinstance(source, Mapping):
@@ -87,22 +89,30 @@ def _load_state_dict(source: Union[Mapping[str, Any], str, os.PathLike]) -> Mapp
     return source
 
 
-def from_torch(state_dict: Union[Mapping[str, Any], str, os.PathLike], model_cfg: Any) -> Dict[str, Any]:
+def from_torch(state_dict: Union[Mapping[str, Any], str, os.PathLike], model_cfg: Any, *,
+               trust_pickle: bool = False) -> Dict[str, Any]:
     """Flax variables ``{'params', 'buffers'}`` (float32) from a reference TRM state dict.
 
     Args:
       state_dict: ``model.state_dict()`` of the reference (possibly wrapped in
         ``ACTLossHead`` and ``torch.compile``: ``model.``/``_orig_mod.`` prefixes
         are stripped), values torch tensors or NumPy arrays; or a path to a file
-        written by ``torch.save``; or a full checkpoint dict with a ``model`` entry.
+        written by ``torch.save`` (read without torch, see :func:`trm_jax.pt_format.load_pt`);
+        or a full checkpoint dict with a ``model`` entry.
       model_cfg: the model config the weights belong to.
+      trust_pickle: for a path: the file is trusted, so a pickle that needs more than
+        tensors is loaded with ``torch.load(weights_only=False)`` (runs its code; needs torch).
 
     Raises:
+      FileNotFoundError: the path does not exist.
+      trm_jax.pt_format.UnsafeCheckpointError: the file's pickle asks for something other
+        than tensors (the file and the global are named) and ``trust_pickle`` is false.
+      trm_jax.pt_format.PtFormatError: the file is not a readable PyTorch checkpoint.
       StateDictError: listing every missing key, unexpected key and shape mismatch.
     """
     cfg = TRMConfig.from_any(model_cfg)
     stripped: Dict[str, Any] = {}
-    for key, value in _load_state_dict(state_dict).items():
+    for key, value in _load_state_dict(state_dict, trust_pickle).items():
         stripped[_strip(key)] = value
 
     variables: Dict[str, Any] = {}
@@ -140,6 +150,20 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, os.PathLike], model_cfg
     return variables
 
 
+def _numpy_state_dict(variables: Mapping[str, Any], cfg: TRMConfig, prefix: str,
+                      buffer_dtype: Any) -> "OrderedDict[str, np.ndarray]":
+    """Reference keys -> C-contiguous NumPy arrays (parameters float32, buffers ``buffer_dtype``)."""
+    flat = jax.tree_util.tree_flatten_with_path(dict(variables))[0]
+    out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for path, leaf in flat:
+        names = tuple(p.key for p in path)
+        key, transpose = _torch_key(names)
+        array = np.asarray(jax.device_get(leaf), dtype=np.float32)
+        array = np.array(array.T if transpose else array, copy=True, order="C")  # writable for torch
+        out[prefix + key] = array.astype(buffer_dtype) if names[0] == "buffers" else array
+    return out
+
+
 def to_torch(variables: Mapping[str, Any], model_cfg: Any, prefix: str = REFERENCE_PREFIX,
              as_numpy: bool = False) -> "OrderedDict[str, Any]":
     """A reference state dict from Flax variables.
@@ -148,23 +172,37 @@ def to_torch(variables: Mapping[str, Any], model_cfg: Any, prefix: str = REFEREN
     ``pretrain.py`` saves and loads; use ``"model."`` for an uncompiled
     ``ACTLossHead`` or ``""`` for the bare model). Parameters are float32;
     ``H_init``/``L_init`` are in ``forward_dtype`` like the reference buffers.
-    Values are torch tensors, or NumPy arrays with ``as_numpy=True``
-    (bfloat16 buffers are then given as float32).
+    Values are torch tensors (needs torch: ``pip install -e '.[torch]'``), or NumPy
+    arrays with ``as_numpy=True`` (bfloat16 buffers are then given as float32).
+    To write a ``.pt`` file without torch use :func:`save_torch`.
     """
     cfg = TRMConfig.from_any(model_cfg)
-    flat = jax.tree_util.tree_flatten_with_path(dict(variables))[0]
+    arrays = _numpy_state_dict(variables, cfg, prefix, np.float32)
+    if as_numpy:
+        return arrays
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("to_torch returns torch tensors and needs PyTorch: pip install -e '.[torch]' "
+                          "(or pass as_numpy=True, or write a .pt without torch with save_torch)") from None
+    buffer_keys = {prefix + _torch_key(tuple(p.key for p in path))[0]
+                   for path, _ in jax.tree_util.tree_flatten_with_path({"buffers": dict(variables).get("buffers", {})})[0]}
     out: "OrderedDict[str, Any]" = OrderedDict()
-    torch = None if as_numpy else __import__("torch")
-    for path, leaf in flat:
-        names = tuple(p.key for p in path)
-        key, transpose = _torch_key(names)
-        array = np.asarray(jax.device_get(leaf), dtype=np.float32)
-        array = np.array(array.T if transpose else array, copy=True, order="C")  # writable for torch
-        if torch is None:
-            out[prefix + key] = array
-            continue
+    for key, array in arrays.items():
         tensor = torch.from_numpy(array)
-        if names[0] == "buffers":
-            tensor = tensor.to(getattr(torch, cfg.forward_dtype))
-        out[prefix + key] = tensor
+        out[key] = tensor.to(getattr(torch, cfg.forward_dtype)) if key in buffer_keys else tensor
     return out
+
+
+def save_torch(variables: Mapping[str, Any], model_cfg: Any, path: Union[str, os.PathLike],
+               prefix: str = REFERENCE_PREFIX) -> None:
+    """Write Flax variables as a reference ``.pt`` checkpoint, without torch.
+
+    The file holds what :func:`to_torch` returns (same keys, float32 parameters,
+    ``forward_dtype`` buffers), in ``torch.save``'s format: the reference loads it with
+    ``model.load_state_dict(torch.load(path, weights_only=True))``, and :func:`from_torch`
+    reads it back.
+    """
+    cfg = TRMConfig.from_any(model_cfg)
+    dtype = ml_dtypes.bfloat16 if cfg.forward_dtype == "bfloat16" else np.dtype(cfg.forward_dtype)
+    save_pt(_numpy_state_dict(variables, cfg, prefix, dtype), path)

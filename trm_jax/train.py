@@ -11,7 +11,8 @@ Workdir layout::
     WORKDIR/checkpoints/<step> Orbax checkpoints (state, data position, config)
     WORKDIR/best/<step>        the best checkpoint by ``keep_best_metric`` (if set)
     WORKDIR/metrics.jsonl      one JSON object per logged step (train/* and eval/*)
-    WORKDIR/eval/<step>/       evaluator outputs (e.g. ARC submission.json)
+    WORKDIR/eval/<step>/       evaluator outputs (e.g. ARC submission.json); metrics.json of an --eval_only run
+    WORKDIR/learning_curve.png accuracy and loss over the run (written at the end of training)
     WORKDIR/wandb/             the W&B run (offline by default)
 """
 from __future__ import annotations
@@ -34,10 +35,11 @@ from trm_jax.families import get_family
 from trm_jax.checkpoint import Checkpointer, CheckpointError
 from trm_jax.evaluation import evaluate
 from trm_jax.evaluators import make_evaluators
-from trm_jax.metrics_logger import MetricsLogger
+from trm_jax.metrics_logger import MetricsLogger, read_metrics, run_summary
+from trm_jax.pt_format import PtFormatError
 from trm_jax.signals import StopRequest
 from trm_jax.steps import SUM_METRICS
-from trm_jax.torch_io import from_torch
+from trm_jax.torch_io import StateDictError, from_torch
 from trm_jax.train_state import TrainState, init_sharded_state, param_count
 
 
@@ -152,28 +154,47 @@ class Trainer:
         step = self.checkpointer.latest_step()
         if step is None:
             return None
+        self.check_same_family(self.checkpointer.saved_config(step), f"{self.checkpointer.directory}/{step}")
         self.state, data_state = self.checkpointer.restore(step, self.abstract_state(), self.config.to_dict())
         self.train_iter.set_state(data_state)
         return step
 
-    def load_params_from(self, source: str) -> str:
+    def check_same_family(self, saved_config: Dict[str, Any], origin: str) -> None:
+        """Refuse a checkpoint of another model family, named from its saved config (before any
+        shape comparison, whose key-by-key dump would hide the real cause)."""
+        saved = str((saved_config.get("model") or {}).get("name", "trm"))
+        want = str(self.config.model.name)
+        if saved != want:
+            raise CheckpointError(f"{origin}: this checkpoint is a {saved.upper()} model (config.model.name="
+                                  f"{saved!r}); the config is a {want.upper()} ({want!r}). Use a {saved!r} config "
+                                  f"(e.g. configs/{saved}.py) with this checkpoint, or another workdir.")
+
+    def load_params_from(self, source: str, trust_pickle: bool = False) -> str:
         """Start from another run's parameters (a workdir or checkpoints dir) or a PyTorch checkpoint file."""
+        if not os.path.exists(source):  # before anything that could create it (the Orbax manager does)
+            raise CheckpointError(f"--restore_from={source}: no such file or directory")
         if os.path.isfile(source):
             if not self.family.loads_torch:
                 raise CheckpointError(f"--restore_from={source}: PyTorch checkpoints load into the TRM only "
                                       f"(config.model.name={self.config.model.name!r})")
-            variables = from_torch(source, self.model_cfg)
+            try:
+                variables = from_torch(source, self.model_cfg, trust_pickle=trust_pickle)
+            except (PtFormatError, StateDictError) as e:
+                raise CheckpointError(f"--restore_from={source}: {e}") from e
             params, buffers, ema = variables["params"], variables["buffers"], None
             origin = f"PyTorch checkpoint {source}"
         else:
             directory = os.path.join(source, "checkpoints") if os.path.isdir(os.path.join(source, "checkpoints")) \
                 else source
             other = Checkpointer(directory, async_save=False)
-            step = other.latest_step()
-            if step is None:
-                raise CheckpointError(f"--restore_from={source}: no complete checkpoint in {directory}")
-            loaded = other.restore_params(step, sharding.replicated(self.mesh))
-            other.close()
+            try:
+                step = other.latest_step()
+                if step is None:
+                    raise CheckpointError(f"--restore_from={source}: no complete checkpoint in {directory}")
+                self.check_same_family(other.saved_config(step), f"--restore_from={source} ({directory}/{step})")
+                loaded = other.restore_params(step, sharding.replicated(self.mesh))
+            finally:
+                other.close()
             params, buffers, ema = loaded["params"], loaded["buffers"], loaded.get("ema_params") or None
             origin = f"{directory}/{step}"
         params = _fit_puzzle_table(params, self.state.params)
@@ -269,27 +290,85 @@ def _eval_summary(step: int, metrics: Dict[str, float]) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, restore_from: str = "",
-                       eval_only: bool = False, rebuild_dataset: bool = False) -> Dict[str, float]:
-    """Train (or only evaluate) under ``workdir``; returns the last evaluation's metrics."""
+                       eval_only: bool = False, rebuild_dataset: bool = False,
+                       trust_pickle: bool = False) -> Dict[str, float]:
+    """Train (or only evaluate) under ``workdir``; returns the last evaluation's metrics.
+
+    ``trust_pickle``: a ``--restore_from`` PyTorch file is trusted (its pickle may run code).
+    The run ends with a summary on the console (best evaluation metrics and their steps, the
+    final train loss, the checkpoints, ``learning_curve.png``).
+    """
+    if restore_from and not os.path.exists(restore_from):  # before the workdir or dataset are touched
+        raise CheckpointError(f"--restore_from={restore_from}: no such file or directory")
     trainer = Trainer(config, workdir, rebuild_dataset=rebuild_dataset)
     logger: Optional[MetricsLogger] = None
     try:  # whatever fails below, the checkpointer's threads and the logger are closed
-        _start(trainer, restore_from, eval_only)
+        _start(trainer, restore_from, eval_only, trust_pickle)
         logger = _open_logger(trainer)
         with jax.set_mesh(trainer.mesh):  # activations follow the mesh's batch axes while tracing
             if eval_only:
                 metrics = trainer.run_evaluation()
-                logger.log(trainer.step, metrics)
+                extra = _log_eval_only(trainer, logger, metrics)
                 _print(_eval_summary(trainer.step, metrics))
+                _finish(trainer, logger, extra_records=extra, plot=False)
                 return metrics
-            return _train_loop(trainer, logger)
+            last_eval = _train_loop(trainer, logger)
+            _finish(trainer, logger, plot=True)
+            return last_eval
     finally:
         trainer.close()
         if logger is not None:
             logger.close()
 
 
-def _start(trainer: Trainer, restore_from: str, eval_only: bool) -> None:
+def _log_eval_only(trainer: Trainer, logger: MetricsLogger, metrics: Dict[str, float]) -> list:
+    """Record an ``--eval_only`` evaluation without duplicating one already in metrics.jsonl.
+
+    The metrics always go to ``eval/<step>/metrics.json``. ``metrics.jsonl`` (and W&B) get a
+    record only if no evaluation of this step is logged yet: a log has one evaluation per step,
+    and W&B refuses steps it has passed. Returns the records the summary should add (this
+    evaluation, when it was not logged).
+    """
+    if not metrics or not _primary():
+        return []
+    step = trainer.step
+    out_dir = os.path.join(trainer.workdir, "eval", str(step))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump({"step": step, **{k: float(v) for k, v in metrics.items()}}, f, indent=2)
+    logged = read_metrics(logger.path) if os.path.exists(logger.path) else []
+    if any(r.get("step") == step and any(k.startswith("eval/") for k in r) for r in logged):
+        _print(f"{logger.path} already holds an evaluation of step {step}; this one is in {out_dir}/metrics.json.")
+        return [{"step": step, **metrics}]
+    logger.log(step, metrics)
+    return []
+
+
+def _finish(trainer: Trainer, logger: MetricsLogger, extra_records: Optional[list] = None, plot: bool = True) -> None:
+    """Print what the run achieved; write ``learning_curve.png`` from metrics.jsonl (process 0)."""
+    trainer.checkpointer.wait()  # the final save is complete: "latest" below is on disk
+    if not _primary():
+        return
+    records = (read_metrics(logger.path) if os.path.exists(logger.path) else []) + list(extra_records or [])
+    plot_path = os.path.join(trainer.workdir, "learning_curve.png")
+    if plot and records:
+        from trm_jax.plots import plot_learning_curve
+
+        try:
+            plot_learning_curve(records, plot_path, title=os.path.basename(trainer.workdir))
+        except Exception as e:  # noqa: BLE001 - a finished run must not fail on its plot
+            _print(f"warning: could not write {plot_path}: {type(e).__name__}: {e}")
+    latest = trainer.checkpointer.latest_step()
+    best = trainer.checkpointer.best.best_step() if trainer.checkpointer.best is not None else None
+    _print(run_summary(
+        records,
+        latest_checkpoint=None if latest is None else f"{trainer.checkpointer.directory}/{latest}",
+        best_checkpoint=None if best is None else os.path.join(trainer.workdir, "best", str(best)),
+        best_metric=trainer.config.keep_best_metric,
+        plot_path=plot_path if os.path.exists(plot_path) else None))
+
+
+def _start(trainer: Trainer, restore_from: str, eval_only: bool, trust_pickle: bool = False) -> None:
     """Write config.json; resume, or load other weights; say what the run is."""
     config, lengths = trainer.config, trainer.lengths
     if _primary():
@@ -299,7 +378,7 @@ def _start(trainer: Trainer, restore_from: str, eval_only: bool) -> None:
     if resumed is not None:
         _print(f"Resumed from {trainer.checkpointer.directory}/{resumed} (step {resumed}).")
     elif restore_from:
-        _print(f"Initialised from {trainer.load_params_from(restore_from)}.")
+        _print(f"Initialised from {trainer.load_params_from(restore_from, trust_pickle)}.")
     elif eval_only:
         raise CheckpointError(f"--eval_only: no checkpoint in {trainer.workdir}/checkpoints and no --restore_from")
     _print(f"{config.model.name.upper()} {param_count(trainer.state.params):,} parameters | dataset {config.data.name}: "
@@ -331,18 +410,22 @@ def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
     last_eval: Dict[str, float] = {}
     pending = None  # (step, accumulated sums, n steps, last metrics): read after the next dispatch
     acc, acc_n = None, 0
-    t_window, ex_window = time.perf_counter(), 0
+    # Throughput of a log window: its n steps' examples over the time from the previous log
+    # point's values being ready to this one's (device_get blocks until its last step is done).
+    # Counting examples per window, not per flush, keeps a window flushed right after the
+    # previous one (log_interval=1 before an evaluation) from reading 0 examples.
+    t_window = time.perf_counter()
 
     def flush(item) -> None:
-        nonlocal t_window, ex_window
+        nonlocal t_window
         at, sums, n, last = item
         sums = {k: float(v) for k, v in jax.device_get(sums).items()}
         record = _normalize_train(sums, n, config.global_batch_size)
         last = {k: float(v) for k, v in jax.device_get(last).items()}
         record["train/skipped_steps"] = last["skipped_steps"]
-        elapsed = time.perf_counter() - t_window
-        record["train/examples_per_s"] = ex_window / elapsed if elapsed > 0 else 0.0
-        t_window, ex_window = time.perf_counter(), 0
+        now = time.perf_counter()
+        record["train/examples_per_s"] = n * config.global_batch_size / max(now - t_window, 1e-9)
+        t_window = now
         logger.log(at, record)
         bar.set_postfix(loss=f"{record.get('train/lm_loss', 0):.3f}", acc=f"{record.get('train/accuracy', 0):.3f}",
                         ex_s=f"{record['train/examples_per_s']:.0f}", refresh=False)
@@ -358,7 +441,6 @@ def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
             batch = sharding.make_global_batch(trainer.model_inputs(next(trainer.train_iter)), trainer.mesh)
             trainer.state, metrics = trainer.train_step(trainer.state, batch)  # async dispatch
             step += 1
-            ex_window += config.global_batch_size
             acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
             acc_n += 1
             if pending is not None:  # the previous log point's values are ready by now
@@ -379,6 +461,7 @@ def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
                     if _primary():
                         bar.write(_eval_summary(step, last_eval))
                     trainer.checkpointer.save_best(step, trainer.state, config.to_dict(), last_eval)
+                t_window = time.perf_counter()  # nothing in flight: the next window excludes the evaluation
             if evaluate_now or (ckpt_every and step % ckpt_every == 0) or step == run_steps:
                 trainer.save()
             if _any_process(stop.requested):

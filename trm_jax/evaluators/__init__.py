@@ -2,7 +2,7 @@
 
 An evaluator sees every real (unpadded) test row once per evaluation, with the
 model's prediction and halting confidence, and returns extra metrics (e.g. ARC
-pass@k) and files (e.g. a Kaggle ``submission.json``).
+pass@k) and files (e.g. a Kaggle ``submission.json``, Sudoku/Maze ``predictions.jsonl``).
 """
 from __future__ import annotations
 
@@ -40,8 +40,11 @@ def register(dataset_name: str):
 
 
 def make_evaluators(dataset_name: str, data_dir: str, options: Mapping[str, Any]) -> List[Evaluator]:
-    """The evaluators that apply to a dataset (none for Sudoku and Maze: exact accuracy is the metric)."""
+    """The evaluators that apply to a dataset (ARC: voting, pass@k, submission.json; Sudoku and Maze:
+    per-example predictions.jsonl)."""
     if dataset_name == "arc":
         import trm_jax.evaluators.arc  # noqa: F401  (registers the ARC evaluator; imports TFDS)
+    elif dataset_name in ("sudoku", "maze"):
+        import trm_jax.evaluators.boards  # noqa: F401  (registers the predictions writer)
     factory = _FACTORIES.get(dataset_name)
     return [] if factory is None else [factory(dataset_name, data_dir, dict(options))]

@@ -10,7 +10,8 @@ with it). For every prediction the evaluator
    inverse colour map),
 3. votes per (task, test pair): candidates ranked by how many augmentations predicted them,
    ties broken by the mean of ``sigmoid(q_halt_logits)`` over those predictions (as the
-   reference evaluator).
+   reference evaluator). ``add_prediction`` / ``vote`` are these steps on their own (used by
+   ``python -m trm_jax.solve``).
 
 Metrics (the trainer prefixes ``eval/``):
 
@@ -109,6 +110,40 @@ def rank_candidates(candidates: Mapping[bytes, Candidate]) -> List[Candidate]:
     return sorted(candidates.values(), key=lambda c: (c.count, c.q_mean), reverse=True)
 
 
+def add_prediction(votes: Dict[bytes, Candidate], tokens: np.ndarray, aug: Augmentation, confidence: float) -> bool:
+    """Tally one augmented prediction into ``votes`` (grid key -> candidate) of its test input.
+
+    Crops ``tokens`` [900] at the end-of-grid marker, maps the grid back through ``aug`` and adds
+    one vote with ``confidence`` (sigmoid of q_halt). Returns False (nothing added) when the
+    prediction holds no grid.
+    """
+    grid = decode_grid(tokens)
+    if grid is None:
+        return False
+    grid = aug.invert(grid)
+    cand = votes.setdefault(grid_key(grid), Candidate(grid))
+    cand.count += 1
+    cand.q_sum += confidence
+    return True
+
+
+def vote(preds: np.ndarray, q_halt_logits: np.ndarray, augmentations: Sequence[Augmentation]) -> List[Candidate]:
+    """Ranked candidates of one test input from its augmented predictions (the evaluator's vote).
+
+    preds: int [n, 900] token predictions, one per augmentation; q_halt_logits: [n];
+    augmentations: the n augmentations the inputs were made with. Most votes first, ties by the
+    mean sigmoid(q_halt) of their predictions.
+    """
+    votes: Dict[bytes, Candidate] = {}
+    for tokens, q, aug in zip(np.asarray(preds), _sigmoid(q_halt_logits).tolist(), augmentations):
+        add_prediction(votes, tokens, aug, q)
+    return rank_candidates(votes)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def first_correct_rank(ranked: Sequence[Candidate], truth: np.ndarray) -> Optional[int]:
     """0-based rank of the true grid among the candidates, None if absent."""
     key = grid_key(truth)
@@ -140,19 +175,11 @@ class ArcEvaluator:
                q_halt_logits: np.ndarray) -> None:
         """batch: real rows with ``example_index`` int [b]; preds int [b, 900]; q_halt_logits [b]."""
         ts = self.test_set
-        confidence = 1.0 / (1.0 + np.exp(-np.asarray(q_halt_logits, dtype=np.float64)))
         for ex, pred, q in zip(np.asarray(batch["example_index"]).tolist(), np.asarray(preds),
-                               confidence.tolist()):
+                               _sigmoid(q_halt_logits).tolist()):
             self.num_predictions += 1
-            grid = decode_grid(pred)
-            if grid is None:
-                continue
-            self.num_valid += 1
             aug = Augmentation(int(ts.dihedral[ex]), tuple(int(c) for c in ts.color_perm[ex]))
-            grid = aug.invert(grid)
-            cand = self.votes[ts.pair_of_example[ex]].setdefault(grid_key(grid), Candidate(grid))
-            cand.count += 1
-            cand.q_sum += q
+            self.num_valid += add_prediction(self.votes[ts.pair_of_example[ex]], pred, aug, q)
 
     def ranked(self) -> List[List[Candidate]]:
         """Ranked candidates of every pair."""
