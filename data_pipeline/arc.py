@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import struct
 from typing import Any, Iterator, Mapping, Sequence
@@ -416,7 +417,7 @@ def make_plan(options: ArcOptions) -> list[TaskPlan]:
     tasks = load_tasks(options)
     held_out = {_pair_key(p) for t in tasks if t.subset == options.test_subset for p in t.test}
     plans, dropped, short = [], 0, 0
-    for task in tasks:
+    for task in tqdm(tasks, desc="arc: planning augmentations", unit="task", leave=False):
         is_test = task.subset == options.test_subset
         candidates = [(p, -1) for p in task.train]
         if not is_test:  # a training task's test pairs are training examples too
@@ -524,9 +525,20 @@ class Arc(PuzzleDatasetBuilder):
             self._describing = False
 
     def plans(self) -> list[TaskPlan]:
-        """The build plan (made once per builder)."""
+        """The build plan (made once per builder). During a build it is also saved with the
+        build's progress: planning ~1000 tasks takes minutes, and a resumed build reuses it."""
         if self._plans is None:
-            self._plans = make_plan(self.options)
+            path = os.path.join(self.build_state_dir, "plan.pkl")
+            if self._checkpoints and os.path.isfile(path):
+                with open(path, "rb") as f:
+                    self._plans = pickle.load(f)
+            else:
+                self._plans = make_plan(self.options)
+                if self._checkpoints:  # building (not just describing a built dataset)
+                    tmp = f"{path}.tmp{os.getpid()}"
+                    with open(tmp, "wb") as f:
+                        pickle.dump(self._plans, f, protocol=pickle.HIGHEST_PROTOCOL)
+                    os.replace(tmp, path)
         return self._plans
 
     def static_metadata(self) -> StaticMetadata:
@@ -547,9 +559,15 @@ class Arc(PuzzleDatasetBuilder):
                 "offset": tfds.features.Tensor(shape=(2,), dtype=np.int32)}
 
     def generate_groups(self, split: str) -> Iterator[PuzzleGroup]:
+        return self.generate_groups_from(split, 0)
+
+    def generate_groups_from(self, split: str, start: int) -> Iterator[PuzzleGroup]:
+        # Each task's group depends only on its plan and its own random streams, so a resumed
+        # build jumps straight to task ``start``.
         train = split == "train"
         plans = [p for p in self.plans() if (p.train_pairs if train else p.test_pairs)]
-        for plan in tqdm(plans, desc=f"arc {split}", unit="task", leave=False):
+        for plan in tqdm(plans[start:], desc=f"arc {split}", unit="task", leave=False,
+                         initial=start, total=len(plans)):
             pairs = plan.train_pairs if train else plan.test_pairs
             test_index = plan.train_test_index if train else list(range(len(pairs)))
             # One stream per task (not per puzzle: seeding costs more than encoding a puzzle).

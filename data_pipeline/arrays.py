@@ -6,7 +6,8 @@ also kept as one ``.npy`` file per field in ``<dataset dir>/arrays/``, memory-ma
 time; batches are numpy gathers from these columns.
 
 The builder writes the columns while it generates (``ColumnWriter``: spooled to disk in
-chunks, so memory stays bounded for large datasets); for a dataset without them (built by an
+chunks and concatenated chunk by chunk, so memory stays bounded for large datasets; the
+chunks can be checkpointed so an interrupted build continues); for a dataset without them (built by an
 older version, or the directory was pruned) ``materialise_from_records`` rebuilds them once
 from the ArrayRecord files. Token columns are stored in the narrowest integer type that
 holds them (uint8 for every dataset here) and widened to int32 per batch.
@@ -24,6 +25,7 @@ import numpy as np
 ARRAYS_DIR = "arrays"
 _MANIFEST = "{split}__manifest.json"
 _CHUNK_ROWS = 65536
+_CHUNK_BYTES = 128 << 20  # ... or this many bytes of values, whichever comes first
 
 
 def _narrow_dtype(lo: int, hi: int) -> np.dtype:
@@ -35,25 +37,51 @@ def _narrow_dtype(lo: int, hi: int) -> np.dtype:
 
 
 class ColumnWriter:
-    """Accumulates records (dicts of scalars / 1-D arrays) and writes one .npy per field."""
+    """Accumulates records (dicts of scalars / 1-D arrays) and writes one .npy per field.
 
-    def __init__(self, out_dir: str | os.PathLike, split: str):
+    Rows are kept in memory until ``flush`` (automatic every ``_CHUNK_ROWS`` rows unless
+    ``auto_flush`` is False, for a caller that flushes at its own commit points), then saved as
+    chunk files in ``spool_dir``. ``checkpoint()`` / ``restore()`` describe / reload the flushed
+    chunks, so an interrupted build can continue a column store (``builder.py``).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, split: str, spool_dir: str | os.PathLike | None = None,
+                 auto_flush: bool = True):
         self.out_dir = os.fspath(out_dir)
         self.split = split
-        self.spool = os.path.join(self.out_dir, f".spool_{split}_{uuid.uuid4().hex[:8]}")
+        # A caller-given spool outlives this writer (resumable builds); the default one is
+        # private and removed by ``finish``.
+        self.owns_spool = spool_dir is None
+        self.spool = (os.path.join(self.out_dir, f".spool_{split}_{uuid.uuid4().hex[:8]}")
+                      if spool_dir is None else os.fspath(spool_dir))
+        self.auto_flush = auto_flush
         self.rows: dict[str, list[Any]] = {}
-        self.chunks: dict[str, list[str]] = {}
+        self.chunks: dict[str, list[str]] = {}   # field -> chunk file names inside the spool
         self.ranges: dict[str, tuple[int, int]] = {}
         self.count = 0
+        self.flushed = 0                         # rows already in chunk files
+        self.pending_bytes = 0                   # array bytes added since the last flush
+
+    @property
+    def pending(self) -> int:
+        """Rows added since the last flush."""
+        return self.count - self.flushed
+
+    @property
+    def chunk_full(self) -> bool:
+        """Whether the pending rows make a chunk (``_CHUNK_ROWS`` rows or ``_CHUNK_BYTES``)."""
+        return self.pending >= _CHUNK_ROWS or self.pending_bytes >= _CHUNK_BYTES
 
     def add(self, record: Mapping[str, Any]) -> None:
         for key, value in record.items():
             self.rows.setdefault(key, []).append(value)
+            self.pending_bytes += getattr(value, "nbytes", 8)
         self.count += 1
-        if self.count % _CHUNK_ROWS == 0:
-            self._flush()
+        if self.auto_flush and self.chunk_full:
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Save the rows added since the last flush as one chunk file per field."""
         if not self.rows:
             return
         os.makedirs(self.spool, exist_ok=True)
@@ -63,34 +91,62 @@ class ColumnWriter:
                 lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
                 old = self.ranges.get(key, (lo, hi))
                 self.ranges[key] = (min(lo, old[0]), max(hi, old[1]))
-            path = os.path.join(self.spool, f"{key}.{len(self.chunks.get(key, []))}.npy")
-            np.save(path, arr)
-            self.chunks.setdefault(key, []).append(path)
+                arr = arr.astype(_narrow_dtype(lo, hi))  # chunks on disk as small as the values
+            name = f"{self.split}__{key}.{len(self.chunks.get(key, []))}.npy"
+            np.save(os.path.join(self.spool, name), arr)
+            self.chunks.setdefault(key, []).append(name)
         self.rows = {}
+        self.flushed = self.count
+        self.pending_bytes = 0
+
+    def checkpoint(self) -> dict[str, Any]:
+        """JSON-able description of the flushed chunks (call right after ``flush``)."""
+        if self.rows:
+            raise RuntimeError("ColumnWriter.checkpoint: flush first (rows are pending)")
+        return {"count": self.count, "chunks": self.chunks,
+                "ranges": {k: list(v) for k, v in self.ranges.items()}}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue after the chunks of a ``checkpoint()`` (later chunk files are overwritten)."""
+        self.rows = {}
+        self.count = self.flushed = int(state["count"])
+        self.chunks = {k: list(v) for k, v in state["chunks"].items()}
+        self.ranges = {k: (int(v[0]), int(v[1])) for k, v in state["ranges"].items()}
+        for names in self.chunks.values():
+            for name in names:
+                if not os.path.isfile(os.path.join(self.spool, name)):
+                    raise OSError(f"column chunk {name} is missing from {self.spool}")
 
     def finish(self) -> None:
-        """Write ``<split>__<field>.npy`` for every field and the manifest; remove the spool."""
-        self._flush()
+        """Write ``<split>__<field>.npy`` for every field and the manifest.
+
+        Each file is written sequentially, one chunk in memory at a time (a memory map of the
+        output would count the whole column towards the process's resident memory). A private
+        spool is removed; a caller-given one is kept (the caller removes it when done).
+        """
+        self.flush()
         fields = {}
-        for key, paths in self.chunks.items():
-            parts = [np.load(p, mmap_mode="r") for p in paths]
-            if parts[0].dtype.kind in "iub":
+        for key, names in self.chunks.items():
+            paths = [os.path.join(self.spool, n) for n in names]
+            heads = [np.load(p, mmap_mode="r") for p in paths]  # headers: dtype and shape only
+            if heads[0].dtype.kind in "iub":
                 dtype = _narrow_dtype(*self.ranges[key])
             else:  # strings: the widest chunk decides
-                dtype = np.result_type(*[p.dtype for p in parts])
-            shape = (sum(len(p) for p in parts),) + parts[0].shape[1:]
+                dtype = np.result_type(*[h.dtype for h in heads])
+            shape = (sum(len(h) for h in heads),) + heads[0].shape[1:]
+            del heads
             final = os.path.join(self.out_dir, f"{self.split}__{key}.npy")
             tmp = final + f".tmp{uuid.uuid4().hex[:6]}"
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            start = 0
-            for p in parts:
-                out[start:start + len(p)] = p
-                start += len(p)
-            out.flush()
-            del out
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": shape}
+            with open(tmp, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                for p in paths:
+                    f.write(np.ascontiguousarray(np.load(p), dtype=dtype).tobytes())
             os.replace(tmp, final)
             fields[key] = {"dtype": dtype.str, "shape": list(shape)}
-        shutil.rmtree(self.spool, ignore_errors=True)
+        if self.owns_spool:
+            shutil.rmtree(self.spool, ignore_errors=True)
         write_manifest(self.out_dir, self.split, self.count, fields)
 
 

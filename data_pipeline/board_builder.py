@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline import generation
 from data_pipeline.builder import PuzzleDatasetBuilder
 from data_pipeline.common import DataError
 
@@ -64,7 +65,11 @@ class BoardDatasetBuilder(PuzzleDatasetBuilder):
         """The un-augmented boards of ``split`` after filtering and (train) subsampling."""
         o = self.options
         count = o.num_train if split == "train" else o.num_test
-        boards = self.read_csv(self.csv_path(split), count) if self.is_import(o) else self.generate(count, split)
+        if self.is_import(o):
+            boards = self.read_csv(self.csv_path(split), count)
+        else:  # generation is the slow stage: an interrupted build continues it
+            with generation.resumable(os.path.join(self.build_state_dir, "generation")):
+                boards = self.generate(count, split)
         if len(boards) == 0:
             raise DataError(f"no {self.name} left for split {split!r} after filtering ({self.filter_description()})")
         if split == "train" and o.subsample_size is not None and o.subsample_size < len(boards):

@@ -15,6 +15,21 @@ all options, so each option set has its own directory
 It numbers groups/puzzles, checks shapes and token ranges, writes ArrayRecord (works without
 TensorFlow: TFDS encodes with numpy) in generation order, and stores the per-split
 ``PuzzleDatasetMetadata`` and the options in the dataset's ``metadata.json``.
+
+Large splits: TFDS's writer passes every serialized example through its ``Shuffler``, which
+keeps ~1 GB in memory and then spills to disk through ``tf.io.gfile`` (TensorFlow); with
+``disable_shuffling`` every spilled record also lands in one bucket that is sorted in memory
+when read back, i.e. the whole split in RAM. Our examples arrive in key order already, so the
+builder swaps in ``KeyOrderSpool`` for the duration of its own ``_generate_splits``: an
+append-only file of the serialized examples (plain Python I/O) read back sequentially. Memory
+stays bounded at any size, no TensorFlow is needed, and the spool doubles as the checkpoint of
+an interrupted build: whenever the column store has a full chunk (at a group boundary; about
+every 65k examples or 128 MB of columns) the spool, the column chunks and the counters are
+committed to ``<data_dir>/<name>/<config>/build_state/``; a re-run continues each split from
+its last commit (``generate_groups_from``), and the directory is removed once the dataset is
+complete. The swap goes through TFDS's module attribute ``shuffle.Shuffler`` (the one name
+TFDS's ``Writer`` builds it by) and is undone when the build returns;
+``tests/test_data_large_split.py`` checks the result against TFDS's own in-memory writer.
 """
 from __future__ import annotations
 
@@ -22,14 +37,21 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import itertools
 import logging
 import os
+import shutil
+import struct
 import typing
-from typing import Any, ClassVar, Iterator, Mapping
+import uuid
+import zlib
+from typing import Any, BinaryIO, ClassVar, Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+from tensorflow_datasets.core import shuffle as tfds_shuffle
+from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 
 from data_pipeline.arrays import ARRAYS_DIR, ColumnWriter
 from data_pipeline.common import (DataError, PuzzleDatasetMetadata, PuzzleGroup,
@@ -37,6 +59,10 @@ from data_pipeline.common import (DataError, PuzzleDatasetMetadata, PuzzleGroup,
 
 METADATA_KEY = "puzzle_metadata"  # key of the per-split metadata in metadata.json
 OPTIONS_KEY = "options"
+BUILD_STATE_DIR = "build_state"   # <data_dir>/<name>/<config>/build_state: resumable progress
+# Bump when the spool / state layout or the meaning of the records changes, so that an older
+# interrupted build is started over instead of continued.
+_STATE_FORMAT = 1
 
 
 class _QuietCustomConfig(logging.Filter):
@@ -103,6 +129,150 @@ def _conform(value: Any, feature: tfds.features.FeatureConnector, where: str) ->
     return cast
 
 
+# -- Writing without TensorFlow, resumably ------------------------------------------------------
+_LENGTH = struct.Struct("<Q")
+
+
+class KeyOrderSpool:
+    """Drop-in for TFDS's ``shuffle.Shuffler`` when shuffling is disabled and keys are 0, 1, 2, ...
+
+    TFDS's ``Writer`` calls ``add(key, serialized)`` per example and, in ``finalize``, reads
+    ``num_examples`` / ``size`` / ``bucket_lengths`` and iterates ``(key, serialized)`` in key
+    order to write the ArrayRecord shards. This class appends each record (8-byte little-endian
+    length + the zlib-compressed bytes: token records are mostly padding, and an uncompressed
+    spool of ARC-AGI-1 would take ~30 GB) to ``path`` with ordinary file I/O and streams them
+    back in the same order: no sort, no TensorFlow, a few MB of memory at any split size.
+    ``resume`` = (byte offset, examples, payload bytes) of a commit: the file is truncated
+    there and appending continues.
+    """
+
+    def __init__(self, path: str, resume: tuple[int, int, int] | None = None):
+        self.path = path
+        offset, self._num_examples, self._total_bytes = resume or (0, 0, 0)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if resume:
+            self._file: BinaryIO | None = open(path, "r+b")
+            self._file.truncate(offset)
+            self._file.seek(offset)
+        else:
+            self._file = open(path, "wb")
+        self._read_only = False
+
+    # The attributes TFDS's Writer uses.
+    @property
+    def size(self) -> int:
+        """Bytes of the records (not counting the length prefixes), as ``Shuffler.size``."""
+        return self._total_bytes
+
+    @property
+    def num_examples(self) -> int:
+        return self._num_examples
+
+    @property
+    def bucket_lengths(self) -> list[int]:
+        return [self._num_examples]  # one "bucket", like the Shuffler's in-memory mode
+
+    def add(self, key: Any, data: bytes) -> None:
+        if self._read_only:
+            raise AssertionError("add() cannot be called after __iter__.")
+        if key != self._num_examples:
+            raise ValueError(f"KeyOrderSpool: example key {key!r} arrived as example "
+                             f"{self._num_examples}; keys must be 0, 1, 2, ... in order")
+        assert self._file is not None
+        packed = zlib.compress(data, 1)
+        self._file.write(_LENGTH.pack(len(packed)))
+        self._file.write(packed)
+        self._num_examples += 1
+        self._total_bytes += len(data)
+
+    def commit(self) -> tuple[int, int, int]:
+        """Make the records so far durable; returns (byte offset, examples, payload bytes)."""
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return self._file.tell(), self._num_examples, self._total_bytes
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        self._read_only = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with open(self.path, "rb", buffering=1 << 22) as f:
+            for key in range(self._num_examples):
+                head = f.read(_LENGTH.size)
+                size = _LENGTH.unpack(head)[0] if len(head) == _LENGTH.size else -1
+                data = f.read(size) if size >= 0 else b""
+                if size < 0 or len(data) != size:
+                    raise OSError(f"{self.path}: spool ends at record {key} of {self._num_examples}")
+                yield key, zlib.decompress(data)
+
+
+@dataclasses.dataclass
+class _SplitProgress:
+    """Counters of a split at its last commit (``build_state/<split>/state.json``)."""
+
+    examples: int = 0
+    puzzles: int = 0
+    groups: int = 0
+    last_set: int = 0
+    complete: bool = False
+    spool: list[int] = dataclasses.field(default_factory=lambda: [0, 0, 0])  # KeyOrderSpool.commit()
+    columns: dict[str, Any] = dataclasses.field(default_factory=dict)        # ColumnWriter.checkpoint()
+
+
+class _SplitCheckpoint:
+    """The resumable state of one split being written: its spool, column chunks and counters."""
+
+    def __init__(self, directory: str, fingerprint: str):
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.state_path = os.path.join(directory, "state.json")
+        self.columns_dir = os.path.join(directory, "columns")
+        self.progress = self._load()
+        if self.progress.examples == 0:  # nothing usable: start clean
+            shutil.rmtree(directory, ignore_errors=True)
+            os.makedirs(directory)
+        resume = tuple(self.progress.spool) if self.progress.examples else None
+        self.spool = KeyOrderSpool(os.path.join(directory, "records.bin"), resume)
+
+    def _load(self) -> _SplitProgress:
+        try:
+            with open(self.state_path) as f:
+                stored = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return _SplitProgress()
+        if stored.get("format") != _STATE_FORMAT or stored.get("fingerprint") != self.fingerprint:
+            logging.getLogger(__name__).warning("%s: build state of another version; starting over",
+                                                self.directory)
+            return _SplitProgress()
+        progress = _SplitProgress(**stored["progress"])
+        # The files of the commit must all be there (a partly deleted state starts over).
+        records = os.path.join(self.directory, "records.bin")
+        chunks = [os.path.join(self.columns_dir, name)
+                  for names in progress.columns.get("chunks", {}).values() for name in names]
+        if (not os.path.isfile(records) or os.path.getsize(records) < progress.spool[0]
+                or not all(os.path.isfile(c) for c in chunks)):
+            logging.getLogger(__name__).warning("%s: build state is incomplete; starting over",
+                                                self.directory)
+            return _SplitProgress()
+        return progress
+
+    def commit(self, progress: _SplitProgress) -> None:
+        """Record ``progress`` (its columns already flushed) after syncing the spool to it."""
+        progress.spool = list(self.spool.commit())
+        if progress.spool[1] != progress.examples:
+            raise RuntimeError(f"{self.directory}: the spool holds {progress.spool[1]} examples but "
+                               f"{progress.examples} were generated")
+        tmp = self.state_path + f".tmp{uuid.uuid4().hex[:6]}"
+        with open(tmp, "w") as f:
+            json.dump({"format": _STATE_FORMAT, "fingerprint": self.fingerprint,
+                       "progress": dataclasses.asdict(progress)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+        self.progress = progress
+
+
 class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base class of the puzzle dataset builders (see module docstring)."""
 
@@ -127,6 +297,7 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
                                      options=opts)
         self.options = opts
         self.num_workers = max(1, int(num_workers))  # generation speed only; not in the name
+        self._checkpoints: dict[str, _SplitCheckpoint] = {}  # split -> its state while writing
         super().__init__(data_dir=data_dir, config=config, file_format="array_record", **kwargs)
 
     @tfds.core.utils.classproperty
@@ -209,6 +380,60 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     def generate_groups(self, split: str) -> Iterator[PuzzleGroup]:
         raise NotImplementedError
 
+    def generate_groups_from(self, split: str, start: int) -> Iterator[PuzzleGroup]:
+        """The groups of ``split`` from group ``start`` on (a resumed build skips the groups it
+        has written). The default generates and drops the first ``start``; a builder that can
+        jump ahead cheaply overrides this (the output must equal the tail of
+        ``generate_groups``)."""
+        return itertools.islice(self.generate_groups(split), start, None)
+
+    # -- resumable building ----------------------------------------------------------------
+    @property
+    def build_state_dir(self) -> str:
+        """Where an interrupted build keeps its progress (outside TFDS's temporary directory,
+        which a failed build deletes): ``<data_dir>/<name>/<config>/build_state``."""
+        return os.path.join(os.fspath(self.data_dir_root), self.name, self.builder_config.name,
+                            BUILD_STATE_DIR)
+
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        # A killed build leaves TFDS's temporary directory (incomplete.XXXXXX_<version>, as big
+        # as the dataset) behind; its progress is in build_state, so the leftover is garbage.
+        # (One builder per configuration at a time, as ensure.py asks of multi-host setups.)
+        config_dir = os.path.dirname(os.fspath(self.data_path))
+        if os.path.isdir(config_dir):
+            for entry in os.listdir(config_dir):
+                if entry.startswith(INCOMPLETE_PREFIX) and entry.endswith(f"_{self.version}"):
+                    logging.getLogger(__name__).warning("removing %s left by an interrupted build",
+                                                        os.path.join(config_dir, entry))
+                    shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
+        super().download_and_prepare(*args, **kwargs)
+        # The dataset is complete: its progress is no longer needed (a rebuild starts over).
+        shutil.rmtree(self.build_state_dir, ignore_errors=True)
+
+    def _generate_splits(self, dl_manager: Any, download_config: Any) -> Any:
+        # TFDS's Writer builds its Shuffler as ``shuffle.Shuffler(dirpath=..., hash_salt=<split
+        # name>, disable_shuffling=..., ignore_duplicates=...)``. For our builds only, that name
+        # makes a KeyOrderSpool (see the module docstring for why); restored afterwards.
+        original = tfds_shuffle.Shuffler
+
+        def make_shuffler(dirpath: Any, hash_salt: Any, disable_shuffling: bool = False,
+                          ignore_duplicates: bool = False) -> Any:
+            if not disable_shuffling or ignore_duplicates:
+                return original(dirpath=dirpath, hash_salt=hash_salt,
+                                disable_shuffling=disable_shuffling, ignore_duplicates=ignore_duplicates)
+            split = str(hash_salt)  # TFDS salts with the split name
+            checkpoint = _SplitCheckpoint(os.path.join(self.build_state_dir, split),
+                                          fingerprint=f"{self.builder_config.name}/{self.version}")
+            self._checkpoints[split] = checkpoint
+            return checkpoint.spool
+
+        tfds_shuffle.Shuffler = make_shuffler
+        try:
+            return super()._generate_splits(dl_manager, download_config)
+        finally:
+            tfds_shuffle.Shuffler = original
+            self._checkpoints.clear()
+
     # -- TFDS ------------------------------------------------------------------------------
     def _info(self) -> tfds.core.DatasetInfo:
         seq_len = self.static_metadata().seq_len
@@ -249,10 +474,33 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         # final one on success: the columns are published together with the ArrayRecord files.
         columns_dir = os.path.join(os.fspath(self.data_path), ARRAYS_DIR)
         os.makedirs(columns_dir, exist_ok=True)
-        columns = ColumnWriter(columns_dir, split)
-        example = puzzle = group = 0
-        last_set = 0
-        for grp in self.generate_groups(split):
+        # Within our _generate_splits the TFDS writer has made this split's checkpoint (its
+        # spool); called any other way there is nothing to resume and no state is kept.
+        checkpoint = self._checkpoints.get(split)
+        progress = checkpoint.progress if checkpoint else _SplitProgress()
+        columns = ColumnWriter(columns_dir, split, auto_flush=checkpoint is None,
+                               spool_dir=checkpoint.columns_dir if checkpoint else None)
+        if progress.examples:
+            columns.restore(progress.columns)
+            logging.getLogger(__name__).warning(
+                "%s %s: resuming an interrupted build after %d groups (%d examples)%s", self.name,
+                split, progress.groups, progress.examples, " (split complete)" if progress.complete else "")
+        example, puzzle, group = progress.examples, progress.puzzles, progress.groups
+        last_set = progress.last_set
+
+        def commit(complete: bool = False) -> None:
+            columns.flush()
+            assert checkpoint is not None
+            checkpoint.commit(_SplitProgress(examples=example, puzzles=puzzle, groups=group,
+                                             last_set=last_set, complete=complete,
+                                             columns=columns.checkpoint()))
+
+        groups = iter(()) if progress.complete else self.generate_groups_from(split, group)
+        for grp in groups:
+            # Every example of the groups before this one has reached the spool (TFDS writes
+            # each yielded example before asking for the next): a consistent commit point.
+            if checkpoint is not None and columns.chunk_full:
+                commit()
             where = f"{self.name} {split} group {group}"
             if grp.set_name not in set_position:
                 raise ValueError(f"{where}: set {grp.set_name!r} is not in {static.sets}")
@@ -292,13 +540,17 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
                         value = (pz.example_extras[name][i] if name in pz.example_extras
                                  else pz.extras[name])
                         record[name] = _conform(value, extra_specs[name], f"{where} extra {name!r}")
-                    columns.add(record)
+                    # The columns take the builder's own (narrow, e.g. uint8) token rows: a
+                    # pending chunk then holds 4x fewer bytes than with the int32 copies.
+                    columns.add({**record, "inputs": inputs[i], "labels": labels[i]})
                     yield example, record
                     example += 1
                 puzzle += 1
             group += 1
         if example == 0:
             raise DataError(f"{self.name} {split}: no examples (every puzzle was filtered out?)")
+        if checkpoint is not None and not progress.complete:
+            commit(complete=True)
         columns.finish()
         meta = PuzzleDatasetMetadata(
             seq_len=static.seq_len, vocab_size=static.vocab_size, pad_id=static.pad_id,

@@ -4,6 +4,10 @@ Multi-host: generation is deterministic, so every host may build into its own lo
 ``data_dir``; on a shared file system let process 0 call ``ensure_built`` first and the
 others after a barrier (TFDS writes into a temporary directory and renames it when done, so
 a reader never sees a half-written dataset).
+
+An interrupted build (Ctrl-C, a killed job) keeps its progress in
+``<data_dir>/<name>/<config>/build_state/`` (``builder.py``); calling ``ensure_built`` again
+with the same options continues from there, ``rebuild=True`` starts from zero.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ def ensure_built(name: str, data_dir: str | None = None, options: Mapping[str, A
         where ``<config>`` is derived from the options.
       options: the dataset's builder options, e.g. ``{"preset": "tiny"}`` or
         ``{"num_train": 200, "num_aug": 8}``; importer paths such as ``{"source": DIR}``.
-      rebuild: delete and rebuild even if present.
+      rebuild: delete and rebuild even if present (also discards an interrupted build's
+        progress, which is otherwise resumed).
       num_workers: generation processes (default: the available cores); does not change data.
 
     Returns:
@@ -49,6 +54,8 @@ def ensure_built(name: str, data_dir: str | None = None, options: Mapping[str, A
     builder = make_builder(name, data_dir, options, num_workers=workers)
     path = os.fspath(builder.data_path)
     # A directory without dataset_info.json is not a finished build (TFDS would "reuse" it).
+    if rebuild:  # start from zero: no progress of an interrupted build either
+        shutil.rmtree(builder.build_state_dir, ignore_errors=True)
     if os.path.exists(path) and (rebuild or not builder.is_built()):
         shutil.rmtree(path)
         builder = make_builder(name, data_dir, options, num_workers=workers)  # forget cached info

@@ -1,4 +1,4 @@
-"""An independent float64 PyTorch statement of the TRM equations (DESIGN §4), for tests.
+"""An independent float64 PyTorch statement of the TRM equations (docs/architecture.md#model), for tests.
 
 Written from the equations, functionally, over a state dict with the
 reference's key names (``inner.L_level.layers.0.self_attn.qkv_proj.weight``,

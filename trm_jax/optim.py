@@ -1,4 +1,4 @@
-"""Optimisation for TRM (DESIGN.md §5), built on optax.
+"""Optimisation for TRM (docs/architecture.md#optimisers), built on optax.
 
 * :func:`adam_atan2` — AdamAtan2 (``adam_atan2_pytorch.AdamAtan2`` semantics) for the dense weights.
 * :func:`sparse_sign_sgd` — sign-SGD on the rows of the puzzle-embedding table seen in the batch

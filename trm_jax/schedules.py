@@ -1,4 +1,4 @@
-"""Schedules driven by the global optimizer step (DESIGN.md §5).
+"""Schedules driven by the global optimizer step (docs/architecture.md#schedules).
 
 Two families live here:
 

@@ -97,6 +97,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, rebuild_dataset: bool = False):
         self.workdir = os.path.abspath(workdir)
+        get_family(config.model.name).config_cls.check_fields(config.model)  # misspelt fields: before any work
         os.makedirs(self.workdir, exist_ok=True)
         meta = prepare_data(config, rebuild_dataset)
         self.train_meta = meta["train"]

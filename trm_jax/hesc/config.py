@@ -7,7 +7,7 @@ With every ``enable_*`` flag off and ``q_head_num_actions=2`` the model is the p
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Union
+from typing import Any, ClassVar, List, Mapping, Union
 
 from trm_jax.models.config import ConfigError, TRMConfig
 
@@ -20,6 +20,12 @@ _AGGREGATES = ("mean", "max", "sum")
 @dataclasses.dataclass(frozen=True)
 class HESCConfig(TRMConfig):
     """TRM + capsules, 3-action DQN Q-head, VQ concepts, latent planning, memory, MTP."""
+
+    FAMILY: ClassVar[str] = "HESC"
+
+    # The TRM's random halting exploration is not part of HESC (it explores with the DQN's
+    # epsilon-greedy actions): 0.0 is the only accepted value (refused_values).
+    halt_exploration_prob: float = 0.0
 
     # Input: "tokens" (a puzzle grid; capsules are pooled from it) or "capsules" (a capsule dataset).
     mode: str = "tokens"
@@ -96,13 +102,28 @@ class HESCConfig(TRMConfig):
     # Adaptive H-cycles.
     enable_adaptive_hcycles: bool = False
     hcycle_confidence_threshold: float = 2.0
-    # Loss weights (DESIGN §7).
+    # Loss weights (docs/architecture.md#hesc-loss).
     loss_q_halt_weight: float = 0.5
     loss_reconstruction_weight: float = 0.5
     loss_expansion_weight: float = 0.01
     loss_vq_weight: float = 0.25
     loss_mtp_weight: float = 0.5
     loss_confidence_weight: float = 0.1  # BCE of the capsule-confidence head (which capsule to expand)
+
+    @classmethod
+    def refused_values(cls, values: Mapping[str, Any]) -> List[str]:
+        """The TRM's refusals plus the two TRM ACT options HESC does not implement (it would ignore them)."""
+        errors = super().refused_values(values)
+        explore = values.get("halt_exploration_prob", 0.0)
+        if explore != 0.0:
+            errors.append(f"halt_exploration_prob={explore}: HESC does not use the TRM's random minimum-steps "
+                          "halting exploration; it explores with the DQN's epsilon-greedy actions "
+                          "(dqn_epsilon_start, dqn_epsilon_end, dqn_epsilon_decay_ratio), so set it to 0.0")
+        if not values.get("no_ACT_continue", True):
+            errors.append("no_ACT_continue=False: HESC has no bootstrapped Q-continue loss; its Q-head learns "
+                          "the value of continuing from the DQN's TD targets (enable_dqn, replay buffer), or "
+                          "with 2 actions from the halt BCE alone, so set it to True")
+        return errors
 
     def __post_init__(self) -> None:
         super().__post_init__()

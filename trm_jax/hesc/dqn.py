@@ -1,4 +1,4 @@
-"""DQN machinery for the HESC action head (docs/hesc.md, DESIGN §7), as pure JAX functions.
+"""DQN machinery for the HESC action head (docs/hesc.md, docs/architecture.md#hesc), as pure JAX functions.
 
 * :func:`td_loss` — (double) DQN TD loss with target parameters and importance weights.
 * :func:`update_target` — hard refresh every ``update_freq`` steps or Polyak averaging.

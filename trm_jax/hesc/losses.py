@@ -1,4 +1,4 @@
-"""HESC total loss and metrics (DESIGN §7, weights configurable in HESCConfig).
+"""HESC total loss and metrics (docs/architecture.md#hesc-loss, weights configurable in HESCConfig).
 
     loss = lm + w_qh q_halt (+ q_continue) + w_rec reconstruction + w_exp expansion + w_vq vq
            + w_dqn(step) dqn + w_mtp mtp - w_ent entropy(Q) + rnd

@@ -1,4 +1,4 @@
-"""Prioritized experience replay as fixed-size arrays (docs/hesc.md, DESIGN §7).
+"""Prioritized experience replay as fixed-size arrays (docs/hesc.md, docs/architecture.md#hesc).
 
 The buffer is a pytree of ``[C, ...]`` arrays with a ring pointer, so it lives in the train
 state, is filled and sampled inside the jitted step and is checkpointed with everything else.

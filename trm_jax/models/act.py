@@ -1,7 +1,7 @@
 """Adaptive Computation Time (ACT): one supervision step as a pure function of the carry.
 
 Semantics follow the reference ``TinyRecursiveReasoningModel_ACTV1.forward``
-(DESIGN §4.6): halted rows are reset and load the new batch's example, the
+(docs/architecture.md#act): halted rows are reset and load the new batch's example, the
 recursion runs once, ``steps`` advances, and rows halt at ``halt_max_steps``
 (or, while training, when the Q-head says so, subject to exploration).
 """

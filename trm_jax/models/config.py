@@ -1,13 +1,15 @@
 """Typed, validated model configuration with the reference architecture's field names.
 
-A user's Hydra ``arch/trm.yaml`` maps one to one onto :class:`TRMConfig`; the
-``model`` section of an ``ml_collections`` config is converted with
-:func:`TRMConfig.from_any`.
+A user's Hydra ``arch/trm.yaml`` maps field by field onto :class:`TRMConfig` (its
+``loss: {loss_type: ...}`` is the field ``loss_type``); the ``model`` section of an
+``ml_collections`` config is converted with :func:`TRMConfig.from_any`, which refuses
+unknown keys and values the model would ignore (docs/architecture.md#model-config).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Union
+import difflib
+from typing import Any, ClassVar, Dict, FrozenSet, List, Mapping, Union
 
 import jax.numpy as jnp
 
@@ -32,7 +34,7 @@ class TRMConfig:
     expansion: float = 4.0
     H_cycles: int = 3
     L_cycles: int = 6
-    H_layers: int = 0  # ignored by the TRM (kept so reference configs map one to one)
+    H_layers: int = 0  # must be 0: kept so the reference's arch yaml (which carries it for the HRM) maps over
     L_layers: int = 2
     puzzle_emb_ndim: int = 512
     puzzle_emb_len: int = 16
@@ -48,8 +50,14 @@ class TRMConfig:
     remat: str = "dots"  # "none", "dots", "dots_no_batch" or "full": activations kept per block for backward
     attention_impl: str = "auto"  # "auto", "xla" or "cudnn" (layers.resolve_attention_impl)
 
+    # Keys the trainer keeps in the model section that are not hyper-parameters of the model:
+    # ``name`` picks the family (trm_jax/families.py). Anything else that is not a field is refused.
+    NON_MODEL_KEYS: ClassVar[FrozenSet[str]] = frozenset({"name"})
+    # The family name used in error messages.
+    FAMILY: ClassVar[str] = "TRM"
+
     def __post_init__(self) -> None:
-        errors = []
+        errors = type(self).refused_values(self.__dict__)
         for name in ("seq_len", "vocab_size", "hidden_size", "num_heads", "H_cycles", "L_cycles",
                      "L_layers", "halt_max_steps", "num_puzzle_identifiers"):
             if int(getattr(self, name)) < 1:
@@ -103,19 +111,94 @@ class TRMConfig:
         return _DTYPES[self.forward_dtype]
 
     @classmethod
-    def from_any(cls, cfg: Union["TRMConfig", Mapping[str, Any], Any]) -> "TRMConfig":
-        """Build from a TRMConfig, a dict or an ``ml_collections.ConfigDict``.
+    def refused_values(cls, values: Mapping[str, Any]) -> List[str]:
+        """Messages for fields this family accepts by name but not with these values.
 
-        Keys that are not model fields (e.g. HESC or data options living in the
-        same config section) are ignored; types are coerced so command-line
-        overrides such as ``--config.model.expansion=4`` work.
+        ``values`` maps field names to values (missing fields take their defaults). The
+        reference's field names are kept so its configs map over, but a value this model
+        does not implement must not be accepted and silently ignored.
         """
-        if isinstance(cls, type) and isinstance(cfg, cls):
-            return cfg
+        errors = []
+        h_layers = values.get("H_layers", 0)
+        if h_layers != 0:
+            model = "the TRM" if cls.FAMILY == "TRM" else f"{cls.FAMILY} (built on the TRM)"
+            errors.append(f"H_layers={h_layers}: {model} has no separate H module (one network of "
+                          "L_layers blocks updates both z_L and z_H; the HRM is the model with an H module), "
+                          "so H_layers must be 0; set the depth with L_layers")
+        return errors
+
+    @classmethod
+    def check_fields(cls, cfg: Union[Mapping[str, Any], Any]) -> None:
+        """Refuse unknown keys and refused values of a model section before anything is built.
+
+        Checks only what does not depend on the dataset (``seq_len`` and ``vocab_size`` are set
+        from it at run time), so a misspelt field fails before a dataset is built.
+
+        Raises:
+          ConfigError: one line naming each unknown field (with the closest valid name) or
+            refused value.
+        """
+        values = cls._as_mapping(cfg)
+        errors = cls._unknown_key_errors(values)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        errors += cls.refused_values({k: _coerce(k, v, known[k].type) for k, v in values.items() if k in known})
+        if errors:
+            raise ConfigError("config.model: " + "; ".join(errors))
+
+    @classmethod
+    def _as_mapping(cls, cfg: Any) -> Mapping[str, Any]:
         if hasattr(cfg, "to_dict"):
             cfg = cfg.to_dict()
         if not isinstance(cfg, Mapping):
             raise ConfigError(f"expected a mapping or ConfigDict for the model config, got {type(cfg).__name__}")
+        return cfg
+
+    @classmethod
+    def _unknown_key_errors(cls, cfg: Mapping[str, Any]) -> List[str]:
+        """One message per key that is neither a field nor one of ``NON_MODEL_KEYS``."""
+        valid = [f.name for f in dataclasses.fields(cls)] + sorted(cls.NON_MODEL_KEYS)
+        errors = []
+        for key in cfg:
+            if key in valid:
+                continue
+            errors.append(f"unknown field {key!r}{cls._unknown_key_hint(str(key), valid)}")
+        return errors
+
+    @classmethod
+    def _unknown_key_hint(cls, key: str, valid: List[str]) -> str:
+        """`` (did you mean 'x'?)`` or where the key's meaning lives, else ``""``."""
+        if key in _REFERENCE_ONLY_KEYS:
+            return f" ({_REFERENCE_ONLY_KEYS[key]})"
+        if cls.FAMILY == "TRM":
+            from trm_jax.hesc.config import HESCConfig  # imported here: hesc.config imports this module
+
+            if key in {f.name for f in dataclasses.fields(HESCConfig)}:
+                return " (a HESC field: the TRM has no such option; HESC models take name='hesc', configs/hesc.py)"
+        # Compared case-folded, so 'h_cycles' finds 'H_cycles'.
+        folded: Dict[str, str] = {v.lower(): v for v in valid}
+        close = difflib.get_close_matches(key.lower(), list(folded), n=1)
+        if close:
+            return f" (did you mean {folded[close[0]]!r}?)"
+        return ""
+
+    @classmethod
+    def from_any(cls, cfg: Union["TRMConfig", Mapping[str, Any], Any]) -> "TRMConfig":
+        """Build from a TRMConfig, a dict or an ``ml_collections.ConfigDict``.
+
+        Every key must be a field of this class or one of ``NON_MODEL_KEYS`` (the family's
+        ``name``): a misspelt or meaningless key is an error naming it and the closest valid
+        name, never silently dropped. Types are coerced so command-line overrides such as
+        ``--config.model.expansion=4`` work.
+
+        Raises:
+          ConfigError: unknown keys, missing ``seq_len``/``vocab_size``, or invalid values.
+        """
+        if isinstance(cls, type) and isinstance(cfg, cls):
+            return cfg
+        cfg = cls._as_mapping(cfg)
+        unknown = cls._unknown_key_errors(cfg)
+        if unknown:
+            raise ConfigError("config.model: " + "; ".join(unknown))
         kwargs = {}
         for field in dataclasses.fields(cls):
             if field.name in cfg:
@@ -125,6 +208,12 @@ class TRMConfig:
         if missing:
             raise ConfigError(f"model config is missing required fields: {missing}")
         return cls(**kwargs)
+
+
+# Keys of the reference's Hydra arch yaml that have no field of that name here.
+_REFERENCE_ONLY_KEYS = {
+    "loss": "the reference's loss: {loss_type: ...} is the field loss_type here",
+}
 
 
 def _coerce(name: str, value: Any, type_name: str) -> Any:

@@ -3,7 +3,7 @@
 Shapes: batch ``B``, puzzle sequence ``L = seq_len``, prefix ``P``
 (puzzle-embedding positions), hidden ``D``, ``S = L + P``.
 
-The recursion (DESIGN §4.4) is written with ``nn.scan`` so the compiled graph
+The recursion (docs/architecture.md#recursion) is written with ``nn.scan`` so the compiled graph
 holds one copy of the reasoning module per scan body, whatever ``H_cycles``
 and ``L_cycles`` are:
 
