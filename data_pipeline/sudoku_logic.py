@@ -187,13 +187,14 @@ def _unit_index() -> np.ndarray:
     return np.asarray(rows + cols + boxes, dtype=np.int64)  # [27, 9]
 
 
-_UNITS = _unit_index()
+# Cell indices of the 27 units: rows 0-8, columns 9-17, boxes 18-26 (row-major boxes).
+UNITS = _unit_index()
 
 
 def valid_solutions(solutions: np.ndarray) -> np.ndarray:
     """bool [n]: each row of ``solutions`` [n, 81] is a complete grid obeying the rules."""
     s = np.asarray(solutions).reshape(-1, 81)
-    units = np.sort(s[:, _UNITS], axis=-1)  # [n, 27, 9]
+    units = np.sort(s[:, UNITS], axis=-1)  # [n, 27, 9]
     return np.all(units == np.arange(1, 10), axis=(1, 2))
 
 

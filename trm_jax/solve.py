@@ -52,14 +52,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from data_pipeline import sudoku_logic
 from trm_jax.evaluators import boards
 from trm_jax.families import get_family
 from trm_jax.pretrained import apply_variables, restore_run
 
-IGNORE_LABEL_ID = -100
-_SUDOKU_UNITS = [[r * 9 + c for c in range(9)] for r in range(9)] + \
-    [[r * 9 + c for r in range(9)] for c in range(9)] + \
-    [[(br * 3 + i) * 9 + bc * 3 + j for i in range(3) for j in range(3)] for br in range(3) for bc in range(3)]
 _UNIT_NAMES = [f"row {i + 1}" for i in range(9)] + [f"column {i + 1}" for i in range(9)] + \
     [f"box {i + 1}" for i in range(9)]
 
@@ -92,7 +89,7 @@ def parse_sudoku(text: str) -> np.ndarray:
     if len(cells) != 81:
         raise PuzzleError(f"Sudoku: expected 81 cells (9 rows of 9), got {len(cells)}")
     digits = np.asarray([0 if ch == "." else int(ch) for ch in cells], dtype=np.int64)
-    for unit, name in zip(_SUDOKU_UNITS, _UNIT_NAMES):
+    for unit, name in zip(sudoku_logic.UNITS, _UNIT_NAMES):
         values = digits[unit][digits[unit] > 0]
         repeated = [int(d) for d in np.unique(values) if np.count_nonzero(values == d) > 1]
         if repeated:
@@ -305,7 +302,7 @@ def load_solver(workdir: str = "", *, restore_from: str = "", config: Optional[m
 def _batch(inputs: np.ndarray, identifiers: Sequence[int]) -> Dict[str, np.ndarray]:
     """A model batch: inputs int32 [B, L], no labels (all ignored), the given puzzle identifiers."""
     inputs = np.asarray(inputs, dtype=np.int32).reshape(len(identifiers), -1)
-    return {"inputs": inputs, "labels": np.full_like(inputs, IGNORE_LABEL_ID),
+    return {"inputs": inputs, "labels": np.full_like(inputs, boards.IGNORE_LABEL_ID),
             "puzzle_identifiers": np.asarray(identifiers, dtype=np.int32)}
 
 
@@ -472,7 +469,7 @@ def sudoku_lines(digits_81: np.ndarray, givens_81: Optional[np.ndarray] = None, 
     if givens_81 is not None:
         g = np.asarray(givens_81).reshape(81)
         bad = {i for i in range(81) if g[i] and g[i] != d[i]}
-        for unit in _SUDOKU_UNITS:
+        for unit in sudoku_logic.UNITS:
             vals = d[unit]
             bad |= {unit[j] for j in range(9) if vals[j] and np.count_nonzero(vals == vals[j]) > 1 and not g[unit[j]]}
     lines = []

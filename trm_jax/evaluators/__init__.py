@@ -26,6 +26,12 @@ class Evaluator(Protocol):
         """Metrics (names without the ``eval/`` prefix); may write files under ``output_dir``."""
 
 
+def is_primary() -> bool:
+    """Whether this process writes evaluator files (process 0; every process holds every row)."""
+    import jax  # here, not at module level: evaluator modules stay light to import
+    return jax.process_index() == 0
+
+
 _FACTORIES: Dict[str, Any] = {}
 
 

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from data_pipeline.arc import Augmentation, decode_grid
-from trm_jax.evaluators import register
+from trm_jax.evaluators import is_primary, register
 
 PASS_KS = (1, 2, 5, 10, 100, 1000)
 PARTIAL_KS = (1, 2)
@@ -218,16 +218,12 @@ class ArcEvaluator:
     def result(self, output_dir: str) -> Dict[str, float]:
         """Metrics; writes ``submission.json`` into ``output_dir`` (if given) on process 0."""
         ranked = self.ranked()
-        if output_dir and _is_primary():
+        if output_dir and is_primary():
             os.makedirs(output_dir, exist_ok=True)
             with open(os.path.join(output_dir, "submission.json"), "w") as f:
                 json.dump(self.submission(ranked), f)
         return self.scores(ranked)
 
-
-def _is_primary() -> bool:
-    import jax
-    return jax.process_index() == 0
 
 
 @register("arc")

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from data_pipeline import maze_logic, sudoku_logic
-from trm_jax.evaluators import register
+from trm_jax.evaluators import is_primary, register
 
 IGNORE_LABEL_ID = -100  # data_pipeline.common.IGNORE_LABEL_ID (not imported: that module pulls in TFDS)
 
@@ -174,17 +174,13 @@ class BoardPredictions:
     def result(self, output_dir: str) -> Dict[str, float]:
         """``<dataset>/valid_fraction``; writes ``predictions.jsonl`` into ``output_dir`` on process 0."""
         rows = self.rows()
-        if output_dir and _is_primary():
+        if output_dir and is_primary():
             os.makedirs(output_dir, exist_ok=True)
             with open(os.path.join(output_dir, "predictions.jsonl"), "w") as f:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
         return {f"{self.name}/valid_fraction": sum(r["valid"] for r in rows) / max(len(rows), 1)}
 
-
-def _is_primary() -> bool:
-    import jax
-    return jax.process_index() == 0
 
 
 @register("sudoku")
