@@ -1,4 +1,4 @@
-"""Shared pieces of the configs: the training section and variant parsing.
+"""Shared pieces of the configs: the model and training sections and variant parsing.
 
 Every config file exposes ``get_config(arg)``; ``arg`` is the text after ``:``
 in ``--config=configs/sudoku.py:tiny`` and may name several comma-separated
@@ -6,9 +6,16 @@ variants (``mlp,tiny``).
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Set
+import dataclasses
+from typing import Any, Dict, Iterable, Optional, Set, Type
 
 import ml_collections
+
+from trm_jax.models.config import TRMConfig
+
+# The model fields without a default: the trainer sets them from the dataset's metadata at run
+# time; these placeholders let a model be built from the config alone.
+REQUIRED_PLACEHOLDERS: Dict[str, Any] = dict(seq_len=81, vocab_size=11)
 
 
 def parse_variants(arg: Optional[str], known: Iterable[str]) -> Set[str]:
@@ -21,37 +28,31 @@ def parse_variants(arg: Optional[str], known: Iterable[str]) -> Set[str]:
     return names
 
 
-def trm_model(**overrides) -> ml_collections.ConfigDict:
-    """The model section with the reference ``arch/trm.yaml`` defaults and field names."""
-    model = ml_collections.ConfigDict(dict(
-        name="trm",
-        loss_type="stablemax_cross_entropy",
-        # Set from the dataset metadata at run time (kept here so the model can be built without data).
-        seq_len=81,
-        vocab_size=11,
-        num_puzzle_identifiers=1,
-        hidden_size=512,
-        num_heads=8,
-        expansion=4.0,
-        H_cycles=3,
-        L_cycles=6,
-        H_layers=0,
-        L_layers=2,
-        puzzle_emb_ndim=512,
-        puzzle_emb_len=16,
-        pos_encodings="rope",
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        halt_max_steps=16,
-        halt_exploration_prob=0.1,
-        forward_dtype="bfloat16",
-        mlp_t=False,
-        no_ACT_continue=True,
-        remat="dots",  # what a block keeps for the backward: none | dots (matmul outputs) | dots_no_batch | full
-        attention_impl="auto",  # cuDNN flash attention on GPUs in bf16, XLA elsewhere
-    ))
-    model.update(overrides)
-    return model
+def model_section(config_cls: Type[TRMConfig], name: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """``name``, then every field of the family's config dataclass at its default, then ``overrides``.
+
+    The dataclass is the one source of the defaults, so no config file repeats (and drifts from)
+    them, and every field is in the locked section that ``--config.model.FIELD=V`` can set.
+
+    Raises:
+      ConfigError: an override that is not a field of ``config_cls`` (named, with the closest field),
+        or a value the family refuses.
+    """
+    config_cls.check_fields(overrides)
+    values: Dict[str, Any] = {"name": name}
+    for field in dataclasses.fields(config_cls):
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+        elif field.default is not dataclasses.MISSING:
+            values[field.name] = field.default
+        else:
+            values[field.name] = REQUIRED_PLACEHOLDERS[field.name]
+    return ml_collections.ConfigDict(values)
+
+
+def trm_model(**overrides: Any) -> ml_collections.ConfigDict:
+    """The TRM model section: :class:`TRMConfig`'s defaults (the reference ``arch/trm.yaml``) and ``overrides``."""
+    return model_section(TRMConfig, "trm", **overrides)
 
 
 def training(**overrides) -> ml_collections.ConfigDict:
@@ -83,6 +84,9 @@ def training(**overrides) -> ml_collections.ConfigDict:
         async_checkpointing=True,
         keep_best_metric="",  # e.g. "eval/exact_accuracy": also keep the best checkpoint in WORKDIR/best
         max_consecutive_skipped=20,  # stop after this many non-finite steps in a row
+        # Also evaluate with adaptive halting (a row stops when its policy halts, a batch when all
+        # rows have): logged as eval_adaptive/* (steps used, accuracy) beside the fixed-steps eval/*.
+        adaptive_eval=False,
         mesh=dict(data=-1, fsdp=1, fsdp_min_size=2 ** 14),
     ))
     cfg.update(overrides)

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 from configs import hesc
 from trm_jax import optim
 from trm_jax.hesc.config import HESCConfig
-from trm_jax.hesc.train_step import build_model, create_hesc_state, example_batch, make_hesc_train_step
+from trm_jax.families import get_family
+from trm_jax.steps import make_train_step
+from trm_jax.train_state import create_train_state
 
 SETTINGS = {"dqn off, expansion off": (False, False), "dqn on, expansion off": (True, False),
             "dqn off, expansion on": (False, True), "dqn on, expansion on": (True, True)}
@@ -42,17 +44,17 @@ def setup(dqn: bool, expansion: bool, batch_size: int, dtype: str):
                              enable_dqn=dqn, enable_capsule_expansion=expansion, dqn_buffer_min_size=batch_size))
     config.global_batch_size = batch_size
     cfg = HESCConfig.from_any(config.model)
-    model, tx = build_model(cfg), optim.build_optimizer(config, 100_000)
-    state = jax.jit(lambda: create_hesc_state(cfg, tx, batch_size, 0, bool(config.ema)))()
+    model, tx = get_family("hesc").build_model(cfg), optim.build_optimizer(config, 100_000)
+    state = jax.jit(lambda: create_train_state(cfg, tx, batch_size, 0, bool(config.ema)))()
     k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
-    batch = example_batch(cfg, batch_size)
+    batch = model.example_batch(batch_size)
     batch.update(inputs=jax.random.randint(k1, batch["inputs"].shape, 4, cfg.vocab_size, jnp.int32),
                  sketches=jax.random.normal(k2, batch["sketches"].shape),
                  children=jax.random.normal(k3, batch["children"].shape),
                  checksums=jax.random.normal(k4, batch["checksums"].shape))
     batch["labels"] = batch["inputs"]
     t0 = time.perf_counter()
-    step = jax.jit(make_hesc_train_step(model, tx, config, 100_000), donate_argnums=0).lower(state, batch).compile()
+    step = jax.jit(make_train_step(model, tx, config, 100_000), donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     copy_mb = entry_copy_mb(step.as_text())
     state, m = step(state, batch)

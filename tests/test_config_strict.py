@@ -165,28 +165,19 @@ def test_trm_keeps_its_act_options():
     assert cfg.halt_exploration_prob == 0.3 and cfg.no_ACT_continue is False
 
 
-def test_hesc_refuses_halt_exploration_prob():
-    assert HESCConfig.from_any(HESC_BASE).halt_exploration_prob == 0.0  # the default HESC implements
-    with pytest.raises(ConfigError) as info:
-        HESCConfig.from_any({**HESC_BASE, "halt_exploration_prob": 0.1})
-    message = str(info.value)
-    assert "halt_exploration_prob=0.1" in message and "epsilon" in message and "dqn_epsilon_start" in message
-
-
-def test_hesc_refuses_no_act_continue_false():
-    assert HESCConfig.from_any({**HESC_BASE, "no_ACT_continue": True}).no_ACT_continue is True
-    with pytest.raises(ConfigError) as info:
-        HESCConfig.from_any({**HESC_BASE, "no_ACT_continue": False})
-    message = str(info.value)
-    assert "no_ACT_continue=False" in message and "Q-continue" in message and "DQN" in message
-    with pytest.raises(ConfigError, match="no_ACT_continue=False"):
-        HESCConfig.check_fields({**HESC_BASE, "no_ACT_continue": "false"})  # as a command line gives it
-
-
-def test_hesc_refusals_apply_to_direct_construction():
-    with pytest.raises(ConfigError, match="halt_exploration_prob"):
-        HESCConfig(seq_len=81, vocab_size=11, capsule_grid=9, capsule_regions=3, capsule_subregions=3,
-                   halt_exploration_prob=0.5)
+def test_hesc_accepts_the_trms_act_options_and_refuses_what_it_would_ignore():
+    # HESC honours both ACT options (tests/test_hesc_model.py checks what they do).
+    cfg = HESCConfig.from_any({**HESC_BASE, "halt_exploration_prob": 0.1, "no_ACT_continue": "false"})
+    assert cfg.halt_exploration_prob == 0.1 and cfg.no_ACT_continue is False
+    # Entropy regularisation of a 3-action policy would be ignored with two actions: refused by name.
+    two = {**HESC_BASE, "q_head_num_actions": 2, "enable_capsule_expansion": False, "enable_dqn": False}
+    with pytest.raises(ConfigError, match="enable_entropy_regularization"):
+        HESCConfig.from_any(two)
+    assert HESCConfig.from_any({**two, "enable_entropy_regularization": False}).q_head_num_actions == 2
+    with pytest.raises(ConfigError, match="expansion_anneal_schedule='exponential' needs positive"):
+        HESCConfig.from_any({**HESC_BASE, "expansion_anneal_schedule": "exponential"})  # starts at cost 0
+    with pytest.raises(ConfigError, match="q_temperature_schedule='sigmoid' not in"):
+        HESCConfig.from_any({**HESC_BASE, "q_temperature_schedule": "sigmoid"})
 
 
 # ------------------------------------------------------------------ what the user meets
@@ -242,10 +233,10 @@ def test_cli_config_file_with_a_misspelt_field_and_a_refused_value(tmp_path):
     assert not data_dir.exists() and not workdir.exists()
 
     rc, lines, workdir, data_dir = _cli(tmp_path, "configs/hesc.py:tiny", "--config.model.H_layers=1",
-                                        "--config.model.halt_exploration_prob=0.2")
+                                        "--config.model.q_temperature_schedule=sigmoid")
     assert rc == 1 and len(lines) == 1
     assert lines[0].startswith("error: config.model: H_layers=1: HESC (built on the TRM) has no separate H module")
-    assert "halt_exploration_prob=0.2: HESC does not use" in lines[0]
+    assert "q_temperature_schedule='sigmoid' not in" in lines[0]
     assert not data_dir.exists() and not workdir.exists()
 
 
@@ -255,3 +246,87 @@ def test_locked_config_dict_still_refuses_new_keys():
     config.lock()
     with pytest.raises(AttributeError, match="hidden_size"):
         config.model.hiden_size = 3
+
+
+# ------------------------------------------------------------------ the dataclass is the one source of defaults
+# What each config file's default variant sets differently from its family's dataclass (seq_len and
+# vocab_size compared with common.REQUIRED_PLACEHOLDERS): a file that departs from a default without
+# it being recorded here fails, so a config file and its dataclass cannot drift apart again.
+FILE_OVERRIDES = {
+    "sudoku": {},
+    "maze": {"seq_len": 900, "vocab_size": 6, "L_cycles": 4},
+    "arc": {"seq_len": 900, "vocab_size": 12, "L_cycles": 4},
+    "hesc": {"seq_len": 900, "vocab_size": 12, "L_cycles": 2, "halt_max_steps": 8},
+}
+
+
+def _defaults(cls):
+    from configs.common import REQUIRED_PLACEHOLDERS
+
+    return {f.name: REQUIRED_PLACEHOLDERS[f.name] if f.default is dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("name,variants", CASES, ids=[f"{n}:{v or 'default'}" for n, v in CASES])
+def test_model_section_has_exactly_the_dataclass_fields(name, variants):
+    """Every field (so each can be set on the command line), ``name``, and nothing else."""
+    try:
+        section = importlib.import_module(f"configs.{name}").get_config(variants).model
+    except ValueError:
+        return  # a combination the file refuses (checked above)
+    cls = get_family(section.name).config_cls
+    assert set(section.keys()) == {"name"} | {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("name", sorted(FILE_OVERRIDES))
+def test_fields_a_config_file_does_not_set_are_the_dataclass_defaults(name):
+    section = importlib.import_module(f"configs.{name}").get_config("").model.to_dict()
+    cls = get_family(section.pop("name")).config_cls
+    defaults = _defaults(cls)
+    differing = {k: v for k, v in section.items() if v != defaults[k] or type(v) is not type(defaults[k])}
+    assert differing == FILE_OVERRIDES[name]
+    assert type(cls.from_any(section)) is cls
+
+
+def test_model_section_refuses_an_override_that_is_not_a_field():
+    from configs import common, hesc
+
+    with pytest.raises(ConfigError, match=r"unknown field 'hiden_size' \(did you mean 'hidden_size'\?\)"):
+        common.trm_model(hiden_size=3)
+    with pytest.raises(ConfigError, match=r"unknown field 'enable_dqn' \(a HESC field"):
+        common.trm_model(enable_dqn=False)
+    with pytest.raises(ConfigError, match=r"unknown field 'loss_confidnce_weight' \(did you mean "
+                                          r"'loss_confidence_weight'\?\)"):
+        hesc._hesc_model(loss_confidnce_weight=0.2)
+    assert hesc._hesc_model(loss_confidence_weight=0.2).loss_confidence_weight == 0.2
+
+
+def _parse_config_flags(*overrides):
+    """The trainer's ``--config`` flag (``trm_jax/main.py``: a locked config file flag) on its own flag set."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["prog", f"--config={os.path.join(REPO, 'configs', 'hesc.py')}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+def test_cli_sets_any_hesc_field_and_it_reaches_the_model_config():
+    config = _parse_config_flags("--config.model.loss_confidence_weight=0.2", "--config.model.memory_hit_threshold=0.7",
+                                 "--config.model.dqn_epsilon_schedule=cosine")
+    cfg = HESCConfig.from_any(config.model)
+    assert (cfg.loss_confidence_weight, cfg.memory_hit_threshold, cfg.dqn_epsilon_schedule) == (0.2, 0.7, "cosine")
+    assert HESCConfig.from_any(_parse_config_flags().model).loss_confidence_weight == 0.1  # the dataclass default
+
+
+def test_cli_refuses_a_misspelt_hesc_field(tmp_path):
+    with pytest.raises((AttributeError, KeyError), match="loss_confidnce_weight"):
+        _parse_config_flags("--config.model.loss_confidnce_weight=0.2")
+    # What the user meets: one line naming the field and the closest one, before anything is built.
+    rc, lines, workdir, _ = _cli(tmp_path, "configs/hesc.py", "--config.model.loss_confidnce_weight=0.2")
+    assert rc == 1
+    assert lines == ["error: --config.model.loss_confidnce_weight=0.2: config.model has no field "
+                     "'loss_confidnce_weight' (did you mean 'loss_confidence_weight'?)"]
+    assert not workdir.exists()

@@ -52,7 +52,7 @@ def test_expand_changes_exactly_one_capsule_per_row_and_costs():
     c_stay, out_stay = apply(stay_v, carry)
 
     assert (np.asarray(out["actions"]) == EXPAND).all() and (np.asarray(out_stay["actions"]) == CONTINUE).all()
-    state = c_exp.extras["capsules"]  # the CapsuleState rides in the carry
+    state = c_exp.extras.capsules  # the CapsuleState rides in the carry
     mask = np.asarray(state.expanded_mask)
     assert (mask.sum(-1) == 1).all() and (np.asarray(state.num_expansions) == 1).all()
     # Exactly one capsule's effective content changed: the expanded one now shows its children's mean.
@@ -63,7 +63,7 @@ def test_expand_changes_exactly_one_capsule_per_row_and_costs():
     idx = np.asarray(out["expanded_index"])
     np.testing.assert_array_equal(idx, np.argmin(np.asarray(out["confidence"]), axis=-1))  # least confident
     np.testing.assert_allclose(out["expansion_cost"], cfg.m * cfg.expansion_cost_per_child, rtol=1e-6)
-    assert not np.asarray(c_stay.extras["capsules"].expanded_mask).any()
+    assert not np.asarray(c_stay.extras.capsules.expanded_mask).any()
 
     # Only the expanded capsule's state changed, and it took the children's content.
     P = cfg.capsule_offset
@@ -77,7 +77,7 @@ def test_expand_changes_exactly_one_capsule_per_row_and_costs():
 
     # A second step expands another capsule; the expanded content now enters as input.
     c2, out2 = apply(expand_v, c_exp)
-    assert (np.asarray(c2.extras["capsules"].expanded_mask).sum(-1) == 2).all()
+    assert (np.asarray(c2.extras.capsules.expanded_mask).sum(-1) == 2).all()
     assert (np.asarray(out2["expanded_index"]) != idx).all()
 
 
@@ -89,18 +89,17 @@ def test_rnn_head_state_rides_in_the_carry():
     variables = {**variables, "params": params}
     apply = jax.jit(lambda c: model.apply(variables, c, batch, train=False, memory=memory))
     c1, _ = apply(initial_carry(cfg, batch))
-    state1 = np.asarray(c1.extras["rnn_state"])
+    state1 = np.asarray(c1.extras.rnn_state)
     assert np.abs(state1).max() > 0
     c2, out2 = apply(c1)
-    _, out2_reset = apply(c1.replace(extras={**c1.extras, "rnn_state": jnp.zeros_like(c1.extras["rnn_state"])}))
+    _, out2_reset = apply(c1.replace(extras=c1.extras.replace(rnn_state=jnp.zeros_like(c1.extras.rnn_state))))
     assert not np.allclose(out2["q_values"], out2_reset["q_values"])  # the carried state matters
-    assert not np.allclose(np.asarray(c2.extras["rnn_state"]), state1)
+    assert not np.allclose(np.asarray(c2.extras.rnn_state), state1)
 
 
 def _core_bias(variables, halt_minus_continue):
-    params = jax.tree.map(lambda x: x, variables["params"])
-    params["inner"]["core"]["q_head"]["bias"] = jnp.asarray([halt_minus_continue, 0.0], jnp.float32)
-    return {**variables, "params": params}
+    """The action head's Q(HALT) - Q(CONTINUE), the trained value the adaptive exit reads (3 actions)."""
+    return _with_action_bias(variables, [0.0, halt_minus_continue, 0.0])
 
 
 def test_adaptive_hcycles_freeze_exited_rows():
@@ -145,7 +144,7 @@ def test_capsule_mode_predicts_masked_concepts_only():
     memory = memory_init(cfg.memory_capacity, cfg.hidden_size)
     variables = model.init({"params": jax.random.PRNGKey(0)}, initial_carry(cfg, batch), batch, memory=memory)
     carry, out = model.apply(variables, initial_carry(cfg, batch), batch, train=False, memory=memory)
-    target = np.asarray(carry.extras["capsule_target"])
+    target = np.asarray(carry.extras.capsule_target)
     labels = np.asarray(carry.current_data["labels"])
     assert (target.sum(-1) == round(cfg.capsule_mask_ratio * k)).all()
     np.testing.assert_array_equal(labels[target], np.asarray(batch["labels"])[target])  # real concept targets
@@ -153,7 +152,7 @@ def test_capsule_mode_predicts_masked_concepts_only():
     assert out["logits"].shape == (B, k, 20)
     # The same example gets the same mask in evaluation (it is a function of the example).
     carry2, _ = model.apply(variables, initial_carry(cfg, batch), batch, train=False, memory=memory)
-    np.testing.assert_array_equal(np.asarray(carry2.extras["capsule_target"]), target)
+    np.testing.assert_array_equal(np.asarray(carry2.extras.capsule_target), target)
 
 
 def test_invalid_combinations_are_refused():
@@ -163,3 +162,118 @@ def test_invalid_combinations_are_refused():
         HESCConfig.from_any({**BASE, "capsule_regions": 4})
     with pytest.raises(ConfigError, match="does not match seq_len"):
         HESCConfig.from_any({**BASE, "capsule_grid": 5})
+
+
+def _capsule_model(**overrides):
+    k, m, Dc = 6, 3, 16
+    cfg = HESCConfig.from_any({**BASE, "mode": "capsules", "seq_len": k, "num_capsules": k, "capsule_children": m,
+                               "capsule_dim": Dc, "vocab_size": 20, "puzzle_emb_ndim": 0,
+                               "enable_hierarchical_attention": False, "capsule_mask_ratio": 0.5, **overrides})
+    rng = np.random.default_rng(0)
+    B = 4
+    batch = {"inputs": jnp.asarray(rng.integers(4, 20, (B, k)), jnp.int32),
+             "puzzle_identifiers": jnp.zeros((B,), jnp.int32),
+             "sketches": jnp.asarray(rng.normal(size=(B, k, Dc)), jnp.float32),
+             "children": jnp.asarray(rng.normal(size=(B, k, m, Dc)), jnp.float32),
+             "checksums": jnp.asarray(rng.normal(size=(B, k, 8)), jnp.float32)}
+    batch["labels"] = batch["inputs"]
+    from trm_jax.hesc.memory import memory_init
+
+    memory = memory_init(cfg.memory_capacity, cfg.hidden_size)
+    model = HESC(cfg)
+    variables = model.init({"params": jax.random.PRNGKey(0)}, initial_carry(cfg, batch), batch, memory=memory)
+    return cfg, model, _with_action_bias(dict(variables), [0.0, -5.0, 5.0]), batch, memory  # greedy: EXPAND
+
+
+def _run_steps(model, variables, batch, memory, train, n=3):
+    """Every output and carry of ``n`` ACT steps (forced EXPAND), flattened to numpy."""
+    cfg = model.config
+    carry, outs = initial_carry(cfg, batch), []
+    for i in range(n):
+        rngs = {"exploration": jax.random.PRNGKey(i), "masking": jax.random.PRNGKey(9)} if train else {}
+        carry, out = model.apply(variables, carry, batch, train=train, memory=memory, epsilon=0.0, rngs=rngs)
+        outs.append((out, carry))
+    return jax.tree_util.tree_flatten_with_path(jax.tree.map(np.asarray, outs))[0]
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_masked_capsules_never_reach_the_model(train):
+    """Changing the content (sketches, children, checksums) of the masked target capsules changes no
+    output and no carried state, over several steps in which every row EXPANDs."""
+    cfg, model, variables, batch, memory = _capsule_model()
+    rngs = {"masking": jax.random.PRNGKey(9)} if train else {}
+    carry, _ = model.apply(variables, initial_carry(cfg, batch), batch, train=train, memory=memory, epsilon=0.0,
+                           rngs={**rngs, "exploration": jax.random.PRNGKey(0)} if train else {})
+    target = np.asarray(carry.extras.capsule_target)
+    assert target.any() and (~target).any()
+
+    def perturbed(mask):
+        rng = np.random.default_rng(1)
+        out = dict(batch)
+        for key in ("sketches", "children", "checksums"):
+            x = np.asarray(batch[key]).copy()
+            noise = rng.normal(size=x.shape).astype(np.float32) * 3.0
+            where = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
+            out[key] = jnp.asarray(np.where(where, x + noise, x))
+        return out
+
+    base = _run_steps(model, variables, batch, memory, train)
+    expanded = [np.asarray(x) for p, x in base if "num_expansions" in jax.tree_util.keystr(p)]
+    assert max(int(e.max()) for e in expanded) >= 2  # rows did expand, repeatedly
+    changed = _run_steps(model, variables, perturbed(target), memory, train)
+    for (path, a), (_, b) in zip(base, changed):
+        if "current_data" in jax.tree_util.keystr(path):
+            continue  # the batch itself, carried as the rows' example (not something the model computed)
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    # The check can fail: the same change on unmasked capsules changes the logits.
+    visible = _run_steps(model, variables, perturbed(~target), memory, train)
+    assert any(not np.array_equal(a, b) for (p, a), (_, b) in zip(base, visible) if "logits" in jax.tree_util.keystr(p))
+
+
+def test_halt_exploration_delays_the_halt_action_as_for_the_trm():
+    """halt_exploration_prob applies to HESC's HALT action: exploring rows may not halt before their
+    drawn minimum number of steps (2..halt_max_steps), so a policy that always halts stops at step 1
+    only without exploration."""
+    kw = dict(enable_memory=False, enable_latent_planning=False, enable_capsule_expansion=False)
+    for prob, expect_all_halted in ((0.0, True), (1.0, False)):
+        cfg, model, variables, batch, _ = _init(halt_exploration_prob=prob, **kw)
+        always_halt = _with_action_bias(variables, [0.0, 10.0, 0.0])
+        carry, out = model.apply(always_halt, initial_carry(cfg, batch), batch, train=True, epsilon=0.0,
+                                 rngs={"exploration": jax.random.PRNGKey(1)})
+        assert (np.asarray(out["actions"]) == 1).all()  # the policy chose HALT everywhere
+        assert bool(np.asarray(carry.halted).all()) == expect_all_halted
+
+
+def test_the_adaptive_exit_reads_trained_values_that_receive_gradient():
+    """With three actions the exit reads Q(HALT) - Q(CONTINUE) of the action head, which the TD
+    loss trains; with two it reads the halting head, whose continue logit is trained when
+    no_ACT_continue=False (the TRM's bootstrapped target) -- no decision rests on an untrained output."""
+    from trm_jax.losses import act_loss
+
+    kw = dict(enable_adaptive_hcycles=True, enable_latent_planning=False, enable_memory=False, H_cycles=3)
+    # Two actions, no_ACT_continue=False: the exit compares q_halt - q_continue; both columns get gradient.
+    cfg, model, variables, batch, _ = _init(q_head_num_actions=2, enable_capsule_expansion=False, enable_dqn=False,
+                                            enable_entropy_regularization=False, no_ACT_continue=False, **kw)
+
+    def loss(params):
+        _, out = model.apply({**variables, "params": params}, initial_carry(cfg, batch), batch, train=True,
+                             rngs={"exploration": jax.random.PRNGKey(0)})
+        carry = initial_carry(cfg, batch).replace(halted=jnp.ones((4,), bool), current_data=batch)
+        return act_loss(carry, out)[0]
+
+    params = jax.tree.map(lambda x: x, variables["params"])
+    # (At the reference init both logits are the bias -5 and the target equals the prediction.)
+    params["inner"]["q_head"]["bias"] = jnp.asarray([0.5, -1.0], jnp.float32)
+    grads = jax.grad(loss)(params)
+    q_head_bias = np.asarray(grads["inner"]["q_head"]["bias"])
+    assert np.abs(q_head_bias[0]) > 0 and np.abs(q_head_bias[1]) > 0  # halt and continue both trained
+
+    def hcycles(bias):
+        params = jax.tree.map(lambda x: x, variables["params"])
+        params["inner"]["q_head"]["bias"] = jnp.asarray(bias, jnp.float32)
+        _, out = model.apply({**variables, "params": params}, initial_carry(cfg, batch), batch, train=False)
+        return np.asarray(out["hcycles"])
+
+    # The exit changes with the continue logit alone (it is part of the decision).
+    np.testing.assert_array_equal(hcycles([3.0, -3.0]), [1] * 4)   # q_halt - q_continue = 6 > 2
+    np.testing.assert_array_equal(hcycles([3.0, 3.0]), [3] * 4)    # = 0: no row exits

@@ -61,6 +61,25 @@ def test_every_mechanism_is_live_in_a_short_run(run):
     assert all(np.isfinite(r["train/lm_loss"]) and r["train/skipped_steps"] == 0 for r in records.values())
 
 
+# The PyTorch HESC system's metric names (its W&B dashboards read them), beside trm_jax's own.
+PYTORCH_METRIC_NAMES = ("entropy_bonus", "dqn_td_error_mean", "dqn_target_mean", "dqn_reward_intrinsic",
+                        "dqn_reward_extrinsic", "dqn_accuracy_improvement", "grad/mean_norm", "grad/max_norm",
+                        "grad/num_zero", "grad/num_nan", "grad_clip_ratio", "samples_per_sec")
+
+
+def test_the_pytorch_systems_metric_names_are_logged(run):
+    records = _train(run)
+    for step, record in records.items():
+        missing = [name for name in PYTORCH_METRIC_NAMES if f"train/{name}" not in record]
+        assert not missing, (step, missing)
+        assert record["train/grad/max_norm"] >= record["train/grad/mean_norm"] > 0
+        assert record["train/grad/num_nan"] == 0 and record["train/samples_per_sec"] > 0
+    # The names carry the same numbers as trm_jax's own ones.
+    last = records[STEPS]
+    assert last["train/dqn_td_error_mean"] == last["train/dqn_td_error"]
+    assert last["train/entropy_bonus"] == pytest.approx(-0.01 * last["train/q_entropy"], rel=1e-5)
+
+
 def test_epsilon_follows_the_global_step_schedule(run):
     records = _train(run)
     total = 100 * 200 // 16  # epochs x groups / batch (the tiny Sudoku has 200 groups of 1 example)
@@ -82,8 +101,9 @@ def test_resume_restores_buffer_and_memory_exactly(run, data_dir, tmp_path):
     train_and_evaluate(hesc_config(data_dir), workdir)  # resumes at 6
     a, b = _train(run), _train(workdir)
     for step in range(7, STEPS + 1):
-        ra = {k: v for k, v in a[step].items() if k != "train/examples_per_s"}
-        rb = {k: v for k, v in b[step].items() if k != "train/examples_per_s"}
+        timing = ("train/examples_per_s", "train/samples_per_sec")
+        ra = {k: v for k, v in a[step].items() if k not in timing}
+        rb = {k: v for k, v in b[step].items() if k not in timing}
         assert ra == rb, step
     (aux_a, carry_a), (aux_b, carry_b) = _aux(run, STEPS), _aux(workdir, STEPS)
     parts = {f"aux/{p}": (aux_a[p], aux_b[p]) for p in ("replay", "memory", "reward_stats", "vq_stats", "counter",

@@ -10,7 +10,9 @@ import pytest
 from trm_jax import optim
 from trm_jax.hesc import replay as replay_lib
 from trm_jax.hesc.config import HESCConfig
-from trm_jax.hesc.train_step import build_model, create_hesc_state, example_batch, make_hesc_train_step
+from trm_jax.families import get_family
+from trm_jax.steps import make_train_step
+from trm_jax.train_state import create_train_state
 
 CAPACITY, HIDDEN = 1031, 24  # a capacity no other array has, so its copies can be found in the HLO
 
@@ -38,14 +40,14 @@ def compiled_step():
     """(cfg, compiled donated train step, its HLO text, a fresh state, a batch); compiled once."""
     config = _config()
     cfg = HESCConfig.from_any(config.model)
-    model, tx = build_model(cfg), optim.build_optimizer(config, 100)
-    state = create_hesc_state(cfg, tx, config.global_batch_size, 0, False)
-    batch = example_batch(cfg, config.global_batch_size)
+    model, tx = get_family("hesc").build_model(cfg), optim.build_optimizer(config, 100)
+    state = create_train_state(cfg, tx, config.global_batch_size, 0, False)
+    batch = model.example_batch(config.global_batch_size)
     k1, k2 = jax.random.split(jax.random.PRNGKey(3))
     batch.update(inputs=jax.random.randint(k1, batch["inputs"].shape, 4, cfg.vocab_size, jnp.int32),
                  sketches=jax.random.normal(k2, batch["sketches"].shape))
     batch["labels"] = batch["inputs"]
-    compiled = jax.jit(make_hesc_train_step(model, tx, config, 100), donate_argnums=0).lower(state, batch).compile()
+    compiled = jax.jit(make_train_step(model, tx, config, 100), donate_argnums=0).lower(state, batch).compile()
     return cfg, compiled, compiled.as_text(), state, batch
 
 
@@ -70,19 +72,19 @@ def test_replay_storage_is_updated_in_place_and_the_check_can_fail(compiled_step
 def test_each_step_learns_from_the_minibatch_sampled_at_the_end_of_the_previous_step(compiled_step):
     # The state is made eagerly (not under jit), as a user would, and donated to the step.
     cfg, step, _, state, batch = compiled_step
-    first = state.aux["dqn_batch"]
-    assert not bool(first["ready"]) and float(jnp.abs(first["is_weights"]).sum()) == 0.0  # empty buffer
+    first = state.aux.dqn_batch
+    assert not bool(first.ready) and float(jnp.abs(first.is_weights).sum()) == 0.0  # empty buffer
     sizes = []
     for _ in range(4):
         state, metrics = step(state, batch)
-        buf, mb = state.aux["replay"], state.aux["dqn_batch"]
+        buf, mb = state.aux.replay, state.aux.dqn_batch
         sizes.append(int(buf.size))
         # The prefetched minibatch holds rows of the buffer as written by this step.
-        idx = np.asarray(mb["indices"])
+        idx = np.asarray(mb.indices)
         assert (idx < int(buf.size)).all()
-        np.testing.assert_array_equal(np.asarray(mb["transitions"]["state"]["x"]), np.asarray(buf.state["x"])[idx])
-        np.testing.assert_array_equal(np.asarray(mb["transitions"]["action"]), np.asarray(buf.action)[idx])
-        assert bool(mb["ready"]) == (int(buf.size) >= cfg.dqn_buffer_min_size)
+        np.testing.assert_array_equal(np.asarray(mb.transitions["state"]["x"]), np.asarray(buf.state["x"])[idx])
+        np.testing.assert_array_equal(np.asarray(mb.transitions["action"]), np.asarray(buf.action)[idx])
+        assert bool(mb.ready) == (int(buf.size) >= cfg.dqn_buffer_min_size)
     assert sizes[-1] > sizes[0] > 0
     # Once the prefetched minibatch is ready, the step's TD loss is live.
     assert float(metrics["dqn_loss"]) > 0

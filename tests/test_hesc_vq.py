@@ -158,13 +158,13 @@ def test_ema_mode_codebook_is_a_variable_and_loss_is_commitment_only():
     z = _normal(11, (5, D))
     variables = _init(vq, z)
     assert "params" not in variables or "codebook" not in variables.get("params", {})
-    cb = variables["vq_ema"]["codebook"]
+    cb = variables["buffers"]["codebook"]
     assert cb.shape == (K, D)
     _, codes, aux = _apply(vq)(variables, z)
     np.testing.assert_allclose(float(aux["loss"]), 0.5 * float(aux["commitment_loss"]), rtol=1e-6)
     # The train step swaps in a new codebook: the forward reads it.
     new_cb = np.asarray(cb)[::-1].copy()
-    _, codes_new, _ = _apply(vq)({"vq_ema": {"codebook": new_cb}}, z)
+    _, codes_new, _ = _apply(vq)({"buffers": {"codebook": new_cb}}, z)
     np.testing.assert_array_equal(np.asarray(codes_new), K - 1 - np.asarray(codes))
 
 
@@ -260,7 +260,7 @@ def test_pure_forward_inside_nn_scan(use_ema):
                 z_q, codes, aux = vq(z)
                 return 0.5 * z + 0.5 * z_q, (codes, aux["counts"])
 
-            scan = nn.scan(body, variable_broadcast=["params", "vq_ema"], split_rngs={"params": False}, length=3)
+            scan = nn.scan(body, variable_broadcast=["params", "buffers"], split_rngs={"params": False}, length=3)
             return scan(VectorQuantizer(K, D, use_ema=use_ema, name="vq"), z, None)
 
     z = _normal(13, (2, 5, D))

@@ -340,8 +340,22 @@ def test_grad_stats():
             for p, x in jax.tree_util.tree_flatten_with_path(grads)[0]}
     np.testing.assert_allclose(float(stats["grad_norm"]), math.sqrt(sum((x ** 2).sum() for x in flat.values())), rtol=1e-6)
     modules = {"/".join(name.split("/")[:2]) for name in flat}
-    assert set(stats) == {"grad_norm"} | {f"grad/{m}" for m in modules}
+    tensor_stats = {"grad/mean_norm", "grad/max_norm", "grad/num_zero", "grad/num_nan"}
+    assert set(stats) == {"grad_norm"} | {f"grad/{m}" for m in modules} | tensor_stats
     for m in modules:
         want = math.sqrt(sum((x ** 2).sum() for name, x in flat.items() if name.startswith(m + "/")))
         np.testing.assert_allclose(float(stats[f"grad/{m}"]), want, rtol=1e-6)
     assert "grad/inner/L_level" in stats and "grad/inner/puzzle_emb" in stats
+    # Per-tensor statistics (the PyTorch system's gradient monitor), against NumPy.
+    norms = [math.sqrt((x ** 2).sum()) for x in flat.values()]
+    np.testing.assert_allclose(float(stats["grad/mean_norm"]), np.mean(norms), rtol=1e-5)
+    np.testing.assert_allclose(float(stats["grad/max_norm"]), max(norms), rtol=1e-6)
+    assert float(stats["grad/num_zero"]) == 0 and float(stats["grad/num_nan"]) == 0
+    first = next(iter(flat))
+    poisoned = jax.tree_util.tree_map_with_path(
+        lambda p, x: x * 0 if jax.tree_util.keystr(p, simple=True, separator="/") == first else x, grads)
+    second = list(flat)[1]
+    poisoned = jax.tree_util.tree_map_with_path(
+        lambda p, x: x * np.nan if jax.tree_util.keystr(p, simple=True, separator="/") == second else x, poisoned)
+    bad = optim.grad_stats(poisoned)
+    assert float(bad["grad/num_zero"]) == 1 and float(bad["grad/num_nan"]) == 1

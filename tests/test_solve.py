@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -191,8 +192,9 @@ def test_load_checkpoint_errors(tmp_path):
         trm_jax.load_checkpoint(str(f))
 
 
-def test_act_trace_equals_the_evaluation_function(ckpt):
-    """solve's per-step trace predicts exactly what family.make_eval_batch predicts."""
+def test_act_trace_equals_step_by_step_model_calls(ckpt):
+    """solve's trace (the evaluation function with its per-step record) matches calling the model
+    step by step: the last step's predictions, and every step's halting logit."""
     from trm_jax.families import get_family
 
     solver = solve_lib.load_solver(ckpt["workdir"])
@@ -202,12 +204,16 @@ def test_act_trace_equals_the_evaluation_function(ckpt):
     batch = {"inputs": rng.integers(1, 11, (3, 81)).astype(np.int32),
              "labels": rng.integers(2, 11, (3, 81)).astype(np.int32),
              "puzzle_identifiers": np.zeros(3, np.int32)}
-    _, preds, q = jax.jit(family.make_eval_batch(model))(solver.params, solver.buffers, {}, batch)
+    variables = {"params": solver.params, "buffers": solver.buffers}
+    carry, q_steps = trm_jax.initial_carry(model.config, batch), []
+    for _ in range(model.config.halt_max_steps):
+        carry, out = model.apply(variables, carry, batch, train=False)
+        q_steps.append(np.asarray(out["q_halt_logits"]))
     trace = solver.run(batch)
-    np.testing.assert_array_equal(trace.preds, np.asarray(preds))
-    np.testing.assert_allclose(trace.q_halt, np.asarray(q), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(trace.preds, np.asarray(jnp.argmax(out["logits"], -1)))
     assert trace.q_halt_per_step.shape == (3, 3)
-    np.testing.assert_allclose(trace.q_halt_per_step[:, -1], trace.q_halt, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(trace.q_halt_per_step, np.stack(q_steps, 1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(trace.q_halt, q_steps[-1], rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ checks

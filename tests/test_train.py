@@ -154,3 +154,21 @@ def test_tiny_sudoku_learns(data_dir, tmp_path):
     first, last = train[0]["train/accuracy"], train[-1]["train/accuracy"]
     assert first < 0.2 and last > first + 0.12, (first, last)
     assert train[-1]["train/lm_loss"] < train[0]["train/lm_loss"] * 0.85
+
+
+def test_evaluations_fall_at_the_ends_of_eval_interval_epochs():
+    from types import SimpleNamespace
+
+    import ml_collections
+    from trm_jax.train import is_eval_step, schedule_lengths
+
+    # 1000 puzzles, batch 32: 31.25 steps per epoch, 20 epochs = 625 steps, eval every 5 epochs.
+    config = ml_collections.ConfigDict(dict(epochs=20, global_batch_size=32, max_steps=0, eval_interval=5,
+                                            checkpoint_interval=0))
+    lengths = schedule_lengths(config, SimpleNamespace(total_groups=1000, mean_puzzle_examples=1.0))
+    assert lengths["run_steps"] == 625
+    evals = [s for s in range(1, 626) if is_eval_step(s, lengths["eval_period"])]
+    assert evals == [156, 312, 469, 625]  # the last is the final step, not a second evaluation one step apart
+    # Exactly one evaluation per period (2 every 3 steps at 1.5), never two on the same step.
+    assert [s for s in range(1, 31) if is_eval_step(s, 1.5)] == sorted({round(k * 1.5) for k in range(1, 21)})
+    assert not any(is_eval_step(s, 0.0) for s in range(1, 100))

@@ -5,15 +5,15 @@ Public API::
     import trm_jax
     model = trm_jax.build_model(model_cfg)                  # flax.linen.Module
     variables = trm_jax.from_torch(state_dict, model_cfg)   # reference checkpoint -> Flax variables
-    carry = trm_jax.initial_carry(model_cfg, batch)         # every row halted
+    carry = trm_jax.initial_carry(model_cfg, batch)         # every row halted (any family)
     carry, out = model.apply(variables, carry, batch, train=False)
     state_dict = trm_jax.to_torch(variables, model_cfg)     # and back (torch tensors)
     trm_jax.save_torch(variables, model_cfg, "step_N.pt")   # a reference .pt, written without torch
     config, variables = trm_jax.load_checkpoint(workdir)    # a trained run's config and (EMA) weights
 """
 from trm_jax.losses import act_loss, normalize_metrics, softmax_cross_entropy, stablemax_cross_entropy
-from trm_jax.models import (ACTCarry, ConfigError, TRM, TRMConfig, build_model, dummy_batch, init_variables,
-                            initial_carry, random_batch)
+from trm_jax.families import initial_carry
+from trm_jax.models import ACTCarry, ConfigError, TRM, TRMConfig, build_model, dummy_batch, init_variables, random_batch
 from trm_jax.pt_format import PtFormatError, UnsafeCheckpointError, load_pt, save_pt
 from trm_jax.torch_io import StateDictError, from_torch, save_torch, to_torch
 from trm_jax.pretrained import CheckpointInfo, load_checkpoint

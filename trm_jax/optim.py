@@ -428,4 +428,11 @@ def grad_stats(grads: PyTree, depth: int = 2, prefix: str = "grad") -> dict[str,
     sq = {name: optax.tree.norm(leaves, squared=True) for name, leaves in groups.items()}
     stats = {"grad_norm": jnp.sqrt(sum(sq.values(), jnp.zeros([], jnp.float32)))}
     stats.update({name: jnp.sqrt(value) for name, value in sq.items()})
+    # Per-tensor statistics under the PyTorch system's names (its gradient monitor's dashboards).
+    leaves = [leaf for group in groups.values() for leaf in group]
+    norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(leaf))) for leaf in leaves])
+    stats[f"{prefix}/mean_norm"] = jnp.mean(norms)
+    stats[f"{prefix}/max_norm"] = jnp.max(norms)
+    stats[f"{prefix}/num_zero"] = sum(jnp.all(leaf == 0).astype(jnp.float32) for leaf in leaves)
+    stats[f"{prefix}/num_nan"] = sum(jnp.any(jnp.isnan(leaf)).astype(jnp.float32) for leaf in leaves)
     return stats

@@ -83,14 +83,7 @@ class LoadedRun:
     @property
     def variables(self) -> Dict[str, Any]:
         """Variables for ``build_model(config.model).apply``."""
-        return apply_variables(self.config.model.name, self.params, self.buffers)
-
-
-def apply_variables(family: str, params: Any, buffers: Any) -> Dict[str, Any]:
-    """``model.apply`` variables from the state's ``params`` and ``buffers`` (their layout differs by family)."""
-    if family == "hesc":  # the HESC state keeps all non-parameter collections under ``buffers``
-        return {"params": params, **buffers}
-    return {"params": params, "buffers": buffers}
+        return {"params": self.params, "buffers": self.buffers}
 
 
 def _is_step_dir(path: str) -> bool:

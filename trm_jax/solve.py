@@ -55,7 +55,8 @@ import numpy as np
 from data_pipeline import sudoku_logic
 from trm_jax.evaluators import boards
 from trm_jax.families import get_family
-from trm_jax.pretrained import apply_variables, restore_run
+from trm_jax.pretrained import restore_run
+from trm_jax.steps import make_eval_batch
 
 _UNIT_NAMES = [f"row {i + 1}" for i in range(9)] + [f"column {i + 1}" for i in range(9)] + \
     [f"box {i + 1}" for i in range(9)]
@@ -231,41 +232,13 @@ class Solver:
         if self._trace is None:
             family = get_family(self.config.model.name)
             model_cfg = family.config_cls.from_any(self.config.model)
-            self._trace = jax.jit(make_act_trace(family.build_model(model_cfg), str(self.config.model.name)))
-        preds, q, q_steps = self._trace(self.params, self.buffers, self.aux,
-                                        {k: jnp.asarray(v) for k, v in batch.items()})
-        return ActTrace(np.asarray(preds), np.asarray(q, np.float64), np.asarray(q_steps, np.float64))
-
-
-def make_act_trace(model: Any, family: str) -> Callable:
-    """``trace(params, buffers, aux, batch) -> (preds [B, L], q_halt_logits [B], q_halt_logits per step [B, N])``.
-
-    The same computation as the family's ``make_eval_batch`` (every row fresh, ``halt_max_steps``
-    steps, greedy, prediction of the last step; HESC reads its memory bank), which returns only
-    the last step's Q-value: this one also keeps each step's, to say when the Q-head would have
-    halted. tests/test_solve.py checks that both give the same predictions.
-    """
-    cfg = model.config
-    if family == "hesc":
-        from trm_jax.hesc.model import initial_carry
-    else:
-        from trm_jax.models import initial_carry
-
-    def trace(params, buffers, aux, batch):
-        variables = apply_variables(family, params, buffers)
-        kwargs = {"memory": aux.get("memory")} if family == "hesc" else {}
-        carry = initial_carry(cfg, batch)
-
-        def one_step(carry, _):
-            carry, out = model.apply(variables, carry, batch, train=False, **kwargs)
-            return carry, out["q_halt_logits"]
-
-        carry, q_steps = jax.lax.scan(one_step, carry, None, length=cfg.halt_max_steps - 1)
-        _, out = model.apply(variables, carry, batch, train=False, **kwargs)
-        q_steps = jnp.concatenate([q_steps, out["q_halt_logits"][None]], axis=0).T  # [B, N]
-        return jnp.argmax(out["logits"], axis=-1).astype(jnp.int32), out["q_halt_logits"], q_steps
-
-    return trace
+            # The evaluation's own computation (every row fresh, halt_max_steps greedy steps), with
+            # every step's halting logit kept, to say when the Q-head would have halted.
+            self._trace = jax.jit(make_eval_batch(family.build_model(model_cfg), with_trace=True))
+        _, preds, q, steps = self._trace(self.params, self.buffers, self.aux,
+                                         {k: jnp.asarray(v) for k, v in batch.items()})
+        return ActTrace(np.asarray(preds), np.asarray(q, np.float64),
+                        np.asarray(steps["q_halt_logits"], np.float64).T)
 
 
 def load_solver(workdir: str = "", *, restore_from: str = "", config: Optional[ml_collections.ConfigDict] = None,

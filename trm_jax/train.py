@@ -38,9 +38,9 @@ from trm_jax.evaluators import make_evaluators
 from trm_jax.metrics_logger import MetricsLogger, read_metrics, run_summary
 from trm_jax.pt_format import PtFormatError
 from trm_jax.signals import StopRequest
-from trm_jax.steps import SUM_METRICS
+from trm_jax.steps import SUM_METRICS, make_eval_batch, make_train_step
 from trm_jax.torch_io import StateDictError, from_torch
-from trm_jax.train_state import TrainState, init_sharded_state, param_count
+from trm_jax.train_state import TrainState, create_train_state, init_sharded_state, param_count
 
 
 def _primary() -> bool:
@@ -87,9 +87,19 @@ def schedule_lengths(config: ml_collections.ConfigDict, train_meta: Any) -> Dict
                          f"{train_meta.mean_puzzle_examples:.2f} examples / batch {config.global_batch_size} < 1")
     steps_per_epoch = train_meta.total_groups * train_meta.mean_puzzle_examples / config.global_batch_size
     run = min(total, config.max_steps) if config.max_steps else total
-    eval_every = max(1, round(config.eval_interval * steps_per_epoch)) if config.eval_interval else 0
-    return dict(total_steps=total, run_steps=run, eval_every=eval_every,
+    # A period in (fractional) steps: evaluations fall at round(k * period), so the last one of a run whose
+    # epochs are a multiple of eval_interval is its final step (as the reference's iterations), not a step before.
+    eval_period = max(1.0, config.eval_interval * steps_per_epoch) if config.eval_interval else 0.0
+    return dict(total_steps=total, run_steps=run, eval_period=eval_period,
                 checkpoint_every=int(config.checkpoint_interval))
+
+
+def is_eval_step(step: int, eval_period: float) -> bool:
+    """Whether a periodic evaluation falls on ``step``: ``step == round(k * eval_period)`` for some k >= 1."""
+    if not eval_period:
+        return False
+    k = max(1, round(step / eval_period))
+    return round(k * eval_period) == step
 
 
 class Trainer:
@@ -111,16 +121,17 @@ class Trainer:
         self.mesh = sharding.create_mesh(self.config.mesh.data, self.config.mesh.fsdp)
         sharding.check_global_batch(self.config.global_batch_size, self.mesh)
         self.tx = optim.build_optimizer(self.config, self.lengths["total_steps"])
-        make = lambda: self.family.create_state(self.model_cfg, self.tx,  # noqa: E731
-                                                self.config.global_batch_size, self.config.seed, bool(self.config.ema))
+        make = lambda: create_train_state(self.model_cfg, self.tx,  # noqa: E731
+                                          self.config.global_batch_size, self.config.seed, bool(self.config.ema))
         self.state, self.shardings = init_sharded_state(make, self.mesh, self.config.mesh.fsdp_min_size)
         batch_shardings = sharding.batch_tree_shardings(self.state.carry.current_data, self.mesh)
-        self.train_step = jax.jit(self.family.make_train_step(self.model, self.tx, self.config,
-                                                              self.lengths["total_steps"]),
+        self.train_step = jax.jit(make_train_step(self.model, self.tx, self.config, self.lengths["total_steps"]),
                                   in_shardings=(self.shardings, batch_shardings),
                                   out_shardings=(self.shardings, sharding.replicated(self.mesh)),
                                   donate_argnums=0)
-        self.eval_batch = jax.jit(self.family.make_eval_batch(self.model), out_shardings=sharding.replicated(self.mesh))
+        self.eval_batch = jax.jit(make_eval_batch(self.model), out_shardings=sharding.replicated(self.mesh))
+        self.eval_batch_adaptive = jax.jit(make_eval_batch(self.model, adaptive=True),
+                                           out_shardings=sharding.replicated(self.mesh))
         self.train_iter = dp.train_iterator(self.config.data.name, self.config.data.data_dir or None,
                                             dict(self.config.data.options),
                                             global_batch_size=self.config.global_batch_size, seed=self.config.seed,
@@ -220,9 +231,16 @@ class Trainer:
         batches = dp.eval_dataset(source, global_batch_size=self.config.global_batch_size)
         evaluators = make_evaluators(data.name, data.data_dir or None, dict(data.options))
         params, buffers = self.eval_variables()
-        return evaluate(self.eval_batch, params, buffers, batches, self.mesh, evaluators,
-                        output_dir=os.path.join(self.workdir, "eval", str(self.step)), num_batches=len(batches),
-                        aux=self.state.aux)
+        results = evaluate(self.eval_batch, params, buffers, batches, self.mesh, evaluators,
+                           output_dir=os.path.join(self.workdir, "eval", str(self.step)), num_batches=len(batches),
+                           aux=self.state.aux)
+        if self.config.adaptive_eval:
+            adaptive = evaluate(self.eval_batch_adaptive, params, buffers, batches, self.mesh, (),
+                                num_batches=len(batches), aux=self.state.aux)
+            results.update({"eval_adaptive/" + k.split("/", 1)[1]: v for k, v in adaptive.items()})
+            # The share of the fixed evaluation's ACT steps that adaptive halting did not run.
+            results["eval_adaptive/compute_saved"] = 1.0 - adaptive.get("eval/steps", 0.0) / self.model_cfg.halt_max_steps
+        return results
 
     # -------------------------------------------------------------- checkpoint
     def save(self, force: bool = False) -> None:
@@ -405,7 +423,7 @@ def _open_logger(trainer: Trainer) -> MetricsLogger:
 
 def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
     config, lengths = trainer.config, trainer.lengths
-    run_steps, eval_every, ckpt_every = lengths["run_steps"], lengths["eval_every"], lengths["checkpoint_every"]
+    run_steps, eval_period, ckpt_every = lengths["run_steps"], lengths["eval_period"], lengths["checkpoint_every"]
     log_every = max(1, int(config.log_interval))
     step = trainer.step
     last_eval: Dict[str, float] = {}
@@ -426,6 +444,7 @@ def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
         record["train/skipped_steps"] = last["skipped_steps"]
         now = time.perf_counter()
         record["train/examples_per_s"] = n * config.global_batch_size / max(now - t_window, 1e-9)
+        record["train/samples_per_sec"] = record["train/examples_per_s"]  # the PyTorch system's name
         t_window = now
         logger.log(at, record)
         bar.set_postfix(loss=f"{record.get('train/lm_loss', 0):.3f}", acc=f"{record.get('train/accuracy', 0):.3f}",
@@ -451,7 +470,7 @@ def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
                 pending, acc, acc_n = (step, acc, acc_n, metrics), None, 0
             bar.update(1)
 
-            evaluate_now = (eval_every and step % eval_every == 0) or step == run_steps
+            evaluate_now = is_eval_step(step, eval_period) or step == run_steps
             if evaluate_now:
                 if pending is not None:
                     flush(pending)

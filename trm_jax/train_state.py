@@ -11,7 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from trm_jax import optim, sharding
-from trm_jax.models import ACTCarry, TRMConfig, dummy_batch, init_variables, initial_carry
+from trm_jax.models import ACTCarry
 
 
 @flax.struct.dataclass
@@ -21,13 +21,14 @@ class TrainState:
     Attributes:
       step: int32 scalar, optimizer steps taken (skipped non-finite steps included).
       params: trained parameters (float32).
-      buffers: fixed model buffers (``H_init``/``L_init``), saved with the model.
+      buffers: the model's non-trained variables (``H_init``/``L_init``; HESC: also the RND target
+        network and an EMA codebook), saved with the model.
       opt_state: optax state (AdamAtan2 moments, sign-SGD count, NaN guard counters).
       ema_params: EMA of the parameters except the puzzle table (``{}`` when EMA is off).
       carry: the ACT carry over the global batch (rows mid-way through their examples).
       rng: base PRNG key; step ``t`` uses ``fold_in(rng, t)``.
-      aux: non-differentiated state of model extensions (HESC: replay buffer, target
-        Q-parameters, memory bank, running statistics); ``{}`` for the TRM.
+      aux: the family's non-differentiated state (``Objective.init_aux``; HESC: a ``HESCAux`` with
+        the replay buffer, target Q-parameters, memory bank, running statistics); ``{}`` for the TRM.
     """
 
     step: jax.Array
@@ -40,21 +41,34 @@ class TrainState:
     aux: Any = dataclasses.field(default_factory=dict)
 
 
-def create_train_state(model_cfg: TRMConfig, tx: optax.GradientTransformation, global_batch_size: int,
+def create_train_state(model_cfg: Any, tx: optax.GradientTransformation, global_batch_size: int,
                        seed: int, use_ema: bool) -> TrainState:
-    """A fresh state: reference initialisation, every carry row halted."""
-    key = jax.random.PRNGKey(seed)
-    init_key, run_key = jax.random.split(key)
-    variables = init_variables(model_cfg, init_key)
-    params = variables["params"]
+    """A fresh state for any family (``model_cfg``: its typed config, or a model section with ``name``).
+
+    Reference initialisation, every carry row halted, the family's auxiliary state initialised.
+    """
+    from trm_jax.families import family_of
+
+    family = family_of(model_cfg)
+    cfg = family.config_cls.from_any(model_cfg)
+    model = family.build_model(cfg)
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    batch = model.example_batch(1)
+    variables = dict(model.init({"params": init_key}, model.initial_carry(batch), batch, train=False,
+                                **family.objective.init_inputs(cfg)))
+    params = variables.pop("params")
+    buffers = variables.pop("buffers", {})
+    if variables:
+        raise ValueError(f"the model made variable collections the train state does not keep: {sorted(variables)}")
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        buffers=variables["buffers"],
+        buffers=buffers,
         opt_state=tx.init(params),
         ema_params=optim.ema_init(params) if use_ema else {},
-        carry=initial_carry(model_cfg, dummy_batch(model_cfg, global_batch_size)),
+        carry=model.initial_carry(model.example_batch(global_batch_size)),
         rng=run_key,
+        aux=family.objective.init_aux(cfg, params, buffers, jax.random.fold_in(init_key, 1)),
     )
 
 

@@ -111,7 +111,8 @@ def effective_content(state: CapsuleState, aggregate: str = "mean") -> jax.Array
 
 
 def expand_capsules(state: CapsuleState, do_expand: jax.Array, confidence: jax.Array,
-                    cost_per_child: float) -> Tuple[CapsuleState, jax.Array, jax.Array]:
+                    cost_per_child: jax.typing.ArrayLike,
+                    blocked: Optional[jax.Array] = None) -> Tuple[CapsuleState, jax.Array, jax.Array]:
     """Expand, in every row with ``do_expand``, its least-confident unexpanded capsule.
 
     Args:
@@ -120,6 +121,8 @@ def expand_capsules(state: CapsuleState, do_expand: jax.Array, confidence: jax.A
       confidence: ``[B, k]``; the capsule with the lowest value among the unexpanded ones is
         expanded (ties: the lowest index; NaN counts as +inf, i.e. most confident).
       cost_per_child: cost of one expansion per child; an expansion costs ``cost_per_child * m``.
+      blocked: ``[B, k] bool`` capsules that may never be expanded (capsules mode: the masked
+        targets, whose children are the answer); None = none.
 
     Returns:
       ``(new_state, expanded_index [B] int32, cost [B] float32)``. ``expanded_index`` is -1 and
@@ -129,17 +132,18 @@ def expand_capsules(state: CapsuleState, do_expand: jax.Array, confidence: jax.A
     k, m = state.children.shape[1:3]
     conf = jnp.asarray(confidence, jnp.float32)
     conf = jnp.where(jnp.isnan(conf), jnp.inf, conf)
-    masked = jnp.where(state.expanded_mask, jnp.inf, conf)
-    # The first unexpanded capsule attaining the minimum; robust to +inf confidences, which
-    # a plain argmin over `masked` could confuse with already expanded capsules.
-    candidate = (~state.expanded_mask) & (masked <= jnp.min(masked, axis=-1, keepdims=True))
+    unavailable = state.expanded_mask if blocked is None else state.expanded_mask | blocked
+    masked = jnp.where(unavailable, jnp.inf, conf)
+    # The first available capsule attaining the minimum; robust to +inf confidences, which
+    # a plain argmin over `masked` could confuse with unavailable capsules.
+    candidate = (~unavailable) & (masked <= jnp.min(masked, axis=-1, keepdims=True))
     index = jnp.argmax(candidate, axis=-1).astype(jnp.int32)
-    act = jnp.asarray(do_expand, jnp.bool_) & jnp.any(~state.expanded_mask, axis=-1)
+    act = jnp.asarray(do_expand, jnp.bool_) & jnp.any(~unavailable, axis=-1)
     new_mask = state.expanded_mask | (jax.nn.one_hot(index, k, dtype=jnp.bool_) & act[:, None])
     new_state = state.replace(expanded_mask=new_mask,
                               num_expansions=state.num_expansions + act.astype(jnp.int32))
     expanded_index = jnp.where(act, index, -1)
-    cost = jnp.where(act, jnp.float32(cost_per_child * m), jnp.float32(0.0))
+    cost = jnp.where(act, jnp.asarray(cost_per_child, jnp.float32) * m, jnp.float32(0.0))
     return new_state, expanded_index, cost
 
 

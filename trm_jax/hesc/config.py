@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, ClassVar, List, Mapping, Union
 
 from trm_jax.models.config import ConfigError, TRMConfig
+from trm_jax.schedules import ANNEAL_KINDS
 
 _MODES = ("tokens", "capsules")
 _Q_HEADS = ("mlp", "rnn", "attention")
@@ -23,8 +24,8 @@ class HESCConfig(TRMConfig):
 
     FAMILY: ClassVar[str] = "HESC"
 
-    # The TRM's random halting exploration is not part of HESC (it explores with the DQN's
-    # epsilon-greedy actions): 0.0 is the only accepted value (refused_values).
+    # HESC explores mainly with the DQN's epsilon-greedy actions; the TRM's random minimum-steps
+    # halting exploration applies on top (to the HALT action) when this is > 0.
     halt_exploration_prob: float = 0.0
 
     # Input: "tokens" (a puzzle grid; capsules are pooled from it) or "capsules" (a capsule dataset).
@@ -42,8 +43,15 @@ class HESCConfig(TRMConfig):
     capsule_mask_ratio: float = 0.25  # capsules mode: share of capsules masked and predicted
     enable_capsule_expansion: bool = True
     expansion_cost_per_child: float = 0.01
+    # The per-child cost is annealed by the global step (all HESC schedules are): expansion_cost_start
+    # at step 0 -> expansion_cost_per_child after expansion_anneal_ratio of training (free early
+    # expansions let the DQN learn when EXPAND pays before it is charged the full cost).
+    expansion_cost_start: float = 0.0
+    expansion_anneal_ratio: float = 0.5
+    expansion_anneal_schedule: str = "linear"   # linear | cosine | exponential | constant
     enable_reconstruction: bool = True
-    enable_hierarchical_attention: bool = False
+    # On, as in the PyTorch multimodal_hesc arch; needs attention blocks and grid capsules (mlp_t/text turn it off).
+    enable_hierarchical_attention: bool = True
     hierarchical_bias_weak: float = -1.0
     # Q-head and DQN.
     q_head_num_actions: int = 3
@@ -60,14 +68,18 @@ class HESCConfig(TRMConfig):
     dqn_alpha: float = 0.6
     dqn_beta: float = 0.4
     dqn_double: bool = True
+    dqn_huber_delta: float = 1.0      # TD loss: quadratic below, linear above
     dqn_loss_weight: float = 0.5
-    dqn_warmup_ratio: float = 0.05
+    dqn_warmup_ratio: float = 0.1     # the DQN loss weight ramps 0 -> dqn_loss_weight over this fraction
+    dqn_warmup_schedule: str = "linear"
     dqn_epsilon_start: float = 1.0
     dqn_epsilon_end: float = 0.05
     dqn_epsilon_decay_ratio: float = 0.1
+    dqn_epsilon_schedule: str = "linear"
     q_temperature_start: float = 1.0
     q_temperature_end: float = 0.1
-    q_temperature_anneal_ratio: float = 0.5
+    q_temperature_anneal_ratio: float = 1.0
+    q_temperature_schedule: str = "linear"
     reward_step_penalty: float = 0.01
     reward_terminal_correct: float = 1.0
     reward_terminal_incorrect: float = -0.5
@@ -93,14 +105,15 @@ class HESCConfig(TRMConfig):
     latent_combine: str = "softmax"
     # Memory bank.
     enable_memory: bool = True
-    memory_capacity: int = 1024
+    memory_capacity: int = 4096   # the single-GPU run's bank (configs/hesc.py; full: 16384, tiny: 128)
     memory_top_k: int = 8
     memory_num_heads: int = 4
+    memory_hit_threshold: float = 0.5  # a read whose best cosine similarity exceeds this earns the memory bonus
     # Multi-token prediction.
     enable_mtp: bool = True
     mtp_num_depths: int = 2
     # Adaptive H-cycles.
-    enable_adaptive_hcycles: bool = False
+    enable_adaptive_hcycles: bool = True   # on, as in the PyTorch multimodal_hesc arch
     hcycle_confidence_threshold: float = 2.0
     # Loss weights (docs/architecture.md#hesc-loss).
     loss_q_halt_weight: float = 0.5
@@ -112,17 +125,23 @@ class HESCConfig(TRMConfig):
 
     @classmethod
     def refused_values(cls, values: Mapping[str, Any]) -> List[str]:
-        """The TRM's refusals plus the two TRM ACT options HESC does not implement (it would ignore them)."""
+        """The TRM's refusals plus values HESC cannot honour; checked before any data is built."""
         errors = super().refused_values(values)
-        explore = values.get("halt_exploration_prob", 0.0)
-        if explore != 0.0:
-            errors.append(f"halt_exploration_prob={explore}: HESC does not use the TRM's random minimum-steps "
-                          "halting exploration; it explores with the DQN's epsilon-greedy actions "
-                          "(dqn_epsilon_start, dqn_epsilon_end, dqn_epsilon_decay_ratio), so set it to 0.0")
-        if not values.get("no_ACT_continue", True):
-            errors.append("no_ACT_continue=False: HESC has no bootstrapped Q-continue loss; its Q-head learns "
-                          "the value of continuing from the DQN's TD targets (enable_dqn, replay buffer), or "
-                          "with 2 actions from the halt BCE alone, so set it to True")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        get = lambda name: values.get(name, defaults[name])  # noqa: E731
+        for name, start, end in (("expansion_anneal_schedule", "expansion_cost_start", "expansion_cost_per_child"),
+                                 ("dqn_warmup_schedule", None, "dqn_loss_weight"),
+                                 ("dqn_epsilon_schedule", "dqn_epsilon_start", "dqn_epsilon_end"),
+                                 ("q_temperature_schedule", "q_temperature_start", "q_temperature_end")):
+            kind = get(name)
+            if kind not in ANNEAL_KINDS:
+                errors.append(f"{name}={kind!r} not in {ANNEAL_KINDS}")
+            first = 0.0 if start is None else float(get(start))
+            if kind == "exponential" and (first <= 0 or float(get(end)) <= 0):
+                errors.append(f"{name}='exponential' needs positive start and end values (got {first} -> {get(end)})")
+        if int(get("q_head_num_actions")) == 2 and _truthy(get("enable_entropy_regularization")):
+            errors.append("enable_entropy_regularization regularises the 3-action policy: with q_head_num_actions=2 "
+                          "set it to False")
         return errors
 
     def __post_init__(self) -> None:
@@ -184,6 +203,11 @@ class HESCConfig(TRMConfig):
         return self.puzzle_len
 
     @property
+    def has_token_positions(self) -> bool:  # type: ignore[override]
+        """Tokens mode embeds the tokens as positions; capsules mode has only capsule positions."""
+        return self.mode == "tokens"
+
+    @property
     def label_offset(self) -> int:
         """Index of the first predicted position: the tokens (tokens mode) or the capsules."""
         return self.puzzle_len + (self.k if self.mode == "tokens" else 0)
@@ -196,3 +220,8 @@ class HESCConfig(TRMConfig):
     @classmethod
     def from_any(cls, cfg: Union["HESCConfig", Mapping[str, Any], Any]) -> "HESCConfig":
         return super().from_any.__func__(cls, cfg)  # type: ignore[attr-defined]
+
+
+def _truthy(value: Any) -> bool:
+    """A bool field as the command line may give it (``"false"``)."""
+    return value.lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)

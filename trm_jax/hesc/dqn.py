@@ -201,9 +201,9 @@ def q_temperature(step: jax.typing.ArrayLike, total_steps: int, start: float, en
 
 
 def dqn_loss_weight(step: jax.typing.ArrayLike, total_steps: int, weight: float,
-                    warmup_ratio: float) -> jax.Array:
-    """DQN loss weight: linear ``0`` -> ``weight`` over the first ``warmup_ratio * total_steps`` steps."""
-    return anneal("linear", 0.0, weight, step, total_steps, 0.0, warmup_ratio)
+                    warmup_ratio: float, kind: AnnealKind = "linear") -> jax.Array:
+    """DQN loss weight: ``0`` -> ``weight`` over the first ``warmup_ratio * total_steps`` steps."""
+    return anneal(kind, 0.0, weight, step, total_steps, 0.0, warmup_ratio)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,6 +1,6 @@
 """HESC total loss and metrics (docs/architecture.md#hesc-loss, weights configurable in HESCConfig).
 
-    loss = lm + w_qh q_halt (+ q_continue) + w_rec reconstruction + w_exp expansion + w_vq vq
+    loss = lm + w_qh (q_halt + q_continue) + w_rec reconstruction + w_exp expansion + w_vq vq
            + w_dqn(step) dqn + w_mtp mtp - w_ent entropy(Q) + rnd
 
 Every term is a *sum over rows* (like the TRM's lm_loss), so the trainer's division by the
@@ -29,28 +29,37 @@ from trm_jax.models.carry import ACTCarry
 
 
 def hesc_loss(cfg: HESCConfig, new_carry: ACTCarry, out: Mapping[str, Any], *, temperature: jax.Array,
+              expansion_cost: jax.typing.ArrayLike = None,
               dqn_terms: Optional[Tuple[jax.Array, Mapping[str, jax.Array]]] = None,
               dqn_weight: jax.Array = 0.0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """Total loss (scalar, summed over rows) and metrics of one HESC ACT step.
 
-    Metrics: the TRM's reference sums (``count``, ``accuracy``, ..., ``lm_loss``, ``q_halt_loss``)
-    plus per-step HESC values (means over rows) named as in docs/hesc.md.
+    The TRM's ACT loss (``lm + w_qh (q_halt + q_continue)``; ``w_qh = loss_q_halt_weight``, the
+    reference's 0.5) plus the enabled extensions' terms. ``expansion_cost``: the (annealed) cost per
+    child this step (default: ``expansion_cost_per_child``). Metrics: the TRM's reference sums
+    (``count``, ``accuracy``, ..., ``lm_loss``, ``q_halt_loss``) plus per-step HESC values (means
+    over rows) named as in docs/hesc.md.
     """
     terms, metrics = act_loss_terms(new_carry, out, cfg.loss_type)
-    B = out["q_values"].shape[0]
+    B = out["logits"].shape[0]
     f32 = jnp.float32
-    loss = terms["lm_loss"] + cfg.loss_q_halt_weight * terms["q_halt_loss"] + terms["q_continue_loss"]
+    loss = terms["lm_loss"] + cfg.loss_q_halt_weight * (terms["q_halt_loss"] + terms["q_continue_loss"])
+    cost_per_child = cfg.expansion_cost_per_child if expansion_cost is None else expansion_cost
 
-    q = out["q_values"].astype(f32)
-    probs = jax.nn.softmax(q / temperature, axis=-1)
-    if cfg.enable_capsule_expansion:
-        expected_cost = probs[:, EXPAND] * (cfg.m * cfg.expansion_cost_per_child)
-        loss = loss + cfg.loss_expansion_weight * expected_cost.sum()
-        metrics["expansion_loss"] = jax.lax.stop_gradient(expected_cost.mean())
-    if cfg.enable_entropy_regularization and cfg.q_head_num_actions == 3:
-        entropy = dqn.action_entropy(q, temperature)
-        loss = loss - cfg.entropy_regularization_weight * entropy.sum()
-        metrics["q_entropy"] = jax.lax.stop_gradient(entropy.mean())
+    if cfg.q_head_num_actions == 3:
+        q = out["q_values"].astype(f32)
+        probs = jax.nn.softmax(q / temperature, axis=-1)
+        if cfg.enable_capsule_expansion:
+            expected_cost = probs[:, EXPAND] * (cfg.m * cost_per_child)
+            loss = loss + cfg.loss_expansion_weight * expected_cost.sum()
+            metrics["expansion_loss"] = jax.lax.stop_gradient(expected_cost.mean())
+        if cfg.enable_entropy_regularization:
+            entropy = dqn.action_entropy(q, temperature)
+            bonus = cfg.entropy_regularization_weight * entropy.sum()
+            loss = loss - bonus
+            metrics["q_entropy"] = jax.lax.stop_gradient(entropy.mean())
+            # The PyTorch system's name: the (negative) term added to the loss, per row.
+            metrics["entropy_bonus"] = jax.lax.stop_gradient(-bonus / B)
 
     if cfg.enable_capsule_expansion:
         conf_loss = confidence_loss(cfg, new_carry, out)
@@ -58,9 +67,11 @@ def hesc_loss(cfg: HESCConfig, new_carry: ACTCarry, out: Mapping[str, Any], *, t
         metrics["confidence_loss"] = jax.lax.stop_gradient(conf_loss) / B
 
     if cfg.enable_capsules and cfg.enable_reconstruction:
+        # Masked capsules (capsules mode) are not reconstructed: their content never reaches the model.
+        target = new_carry.extras.capsule_target
         rec_loss, rec_metrics = caps.reconstruction_loss(
             out["recon"], jax.lax.stop_gradient(out["capsule_sketches"]), out["checksum_pred"],
-            jax.lax.stop_gradient(out["capsule_checksums"]))
+            jax.lax.stop_gradient(out["capsule_checksums"]), mask=None if target is None else ~target)
         loss = loss + cfg.loss_reconstruction_weight * B * rec_loss
         metrics.update({k: jax.lax.stop_gradient(v) for k, v in rec_metrics.items()})
 
@@ -87,8 +98,12 @@ def hesc_loss(cfg: HESCConfig, new_carry: ACTCarry, out: Mapping[str, Any], *, t
         metrics["dqn_loss"] = jax.lax.stop_gradient(td)
         metrics["dqn_weight"] = jnp.asarray(dqn_weight, f32)
         metrics.update({k: jax.lax.stop_gradient(v) for k, v in td_metrics.items()})
+        # The PyTorch system's names for the same quantities (its dashboards read these).
+        metrics["dqn_td_error_mean"] = metrics["dqn_td_error"]
+        metrics["dqn_target_mean"] = metrics["dqn_target_q_mean"]
 
-    metrics.update(action_metrics(cfg, out))
+    if cfg.q_head_num_actions == 3:
+        metrics.update(action_metrics(cfg, out))
     mem = out["cycle_stats"].get("memory")
     if mem is not None:
         metrics["memory_similarity_mean"] = jnp.mean(mem["similarity"]).astype(f32)

@@ -1,375 +1,361 @@
-"""The HESC model: the TRM recursion with capsules, VQ, memory reads, adaptive H-cycles,
-latent planning and extra heads, wrapped in an ACT step whose actions come from a 3-action
-Q-head (CONTINUE / HALT / EXPAND).
+"""The HESC model: the TRM plus hooks (docs/hesc.md, docs/architecture.md#variants).
 
-Sequence layout (``S = cfg.total_len``)::
+:class:`HESCInner` subclasses :class:`~trm_jax.models.trm.TRMInner` and :class:`HESC` subclasses
+:class:`~trm_jax.models.trm.TRM`: the embeddings, the ``nn.scan`` recursion, the heads, the ACT
+step and its halting rule are the TRM's, and HESC overrides only the hooks:
 
-    tokens mode:    [puzzle prefix P | capsules k | tokens L]    answer read from the tokens
-    capsules mode:  [puzzle prefix P | capsules k]               answer = concept ids of masked capsules
+* ``extra_positions``: capsule positions between the puzzle prefix and the tokens
+  (tokens mode ``[prefix P | capsules k | tokens L]``; capsules mode ``[prefix P | capsules k]``,
+  the answer being the concept ids of the masked capsules);
+* ``after_h_update``: after each high-level update, ``z_H <- 0.5 z_H + 0.5 VQ(z_H)``,
+  ``z_H <- z_H + gate * read(memory)``, and (adaptive H-cycles) rows whose halting value passed
+  the threshold stop changing;
+* ``after_recursion``: latent planning;
+* ``heads``: the 3-action Q-head, capsule confidence and reconstruction, MTP, RND;
+* ACT: ``begin_step`` (capsule masks and targets, the Q-head's RNN state), ``wants_halt`` (the
+  3-action policy: HALT), ``end_step`` (EXPAND).
 
-One H-cycle (``HESCCore``)::
-
-    z_L <- f(z_L, z_H + x)  x L_cycles;   z_H <- f(z_H, z_L)
-    z_H <- 0.5 z_H + 0.5 VQ(z_H)          (enable_vq)
-    z_H <- z_H + gate * read(memory)      (enable_memory)
-    rows whose halting confidence passed the threshold stop changing (enable_adaptive_hcycles)
-
-As in the TRM, the first ``H_cycles - 1`` cycles carry no gradient and the recursion is an
-``nn.scan`` so the graph does not grow with the cycle counts.
+With every extension off and two actions the model is the TRM: the same parameters, outputs and
+halting (tests/test_hesc_model.py checks it).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
-import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from trm_jax.hesc import capsules as caps
 from trm_jax.hesc import dqn
 from trm_jax.hesc.config import HESCConfig
-from trm_jax.hesc.memory import MemoryBank, MemoryReader
+from trm_jax.hesc.memory import MemoryReader
 from trm_jax.hesc.mtp import MTPHeads
 from trm_jax.hesc.planning import LatentPlanner
-from trm_jax.hesc.qheads import EXPAND, HALT, ActionQHead
+from trm_jax.hesc.qheads import CONTINUE, EXPAND, HALT, ActionQHead, masked_mean
 from trm_jax.hesc.vq import VectorQuantizer
+from trm_jax.losses import IGNORE_LABEL_ID
+from trm_jax.models.act import row_where
 from trm_jax.models.carry import ACTCarry
-from trm_jax.models.layers import CastedEmbedding, casted_dense, rope_cos_sin, trunc_normal_init
-from trm_jax.models.trm import ReasoningModule
-
-IGNORE = -100
+from trm_jax.models.layers import casted_dense, trunc_normal_init
+from trm_jax.models.trm import TRM, TRMInner
 
 
-class HESCCore(nn.Module):
-    """The pieces one H-cycle uses, as methods (so ``nn.scan`` can carry them together)."""
+@flax.struct.dataclass
+class PendingTransition:
+    """Each row's DQN transition still waiting for its next state (``state`` is the Q-head's replay state)."""
+
+    state: Dict[str, jax.Array]
+    action: jax.Array   # [B] int32
+    reward: jax.Array   # [B] float32
+    valid: jax.Array    # [B] bool
+
+
+@flax.struct.dataclass
+class HESCExtras:
+    """HESC's per-row ACT state (``ACTCarry.extras``); a field is None when its extension is off.
+
+    Attributes:
+      prev_accuracy: ``[B]`` token accuracy of the row's previous step (the reward's baseline).
+      capsules: the row's capsules and which are expanded (``enable_capsules``).
+      rnn_state: ``[B, q_head_hidden]`` GRU state of an ``rnn`` Q-head.
+      capsule_target: ``[B, k] bool`` masked, predicted capsules (capsules mode).
+      pending: the transition completed at the next step (``enable_dqn``).
+    """
+
+    prev_accuracy: jax.Array
+    capsules: Optional[caps.CapsuleState] = None
+    rnn_state: Optional[jax.Array] = None
+    capsule_target: Optional[jax.Array] = None
+    pending: Optional[PendingTransition] = None
+
+
+def replay_example(cfg: HESCConfig) -> Dict[str, jax.Array]:
+    """One replay state of the Q-head (what the DQN stores per transition), unbatched."""
+    example = {"x": jnp.zeros((cfg.hidden_size,), jnp.float32)}
+    if cfg.q_head_type == "rnn":
+        example["h"] = jnp.zeros((cfg.q_head_hidden,), jnp.float32)
+    return example
+
+
+class HESCInner(TRMInner):
+    """The TRM's recursion step with HESC's hooks; ``ctx`` is the step's :class:`dict` from ``HESC.begin_step``."""
 
     cfg: HESCConfig
 
     def setup(self) -> None:
+        super().setup()
         cfg = self.cfg
-        self.L_level = ReasoningModule(cfg)
-        # Halting-correctness head (the TRM's q-head): BCE target "is the answer right";
-        # weight 0, bias -5 as in the reference.
-        self.q_head = nn.Dense(2, dtype=cfg.dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.zeros,
-                               bias_init=nn.initializers.constant(-5.0))
+        D, dtype = cfg.hidden_size, cfg.dtype
+        if cfg.enable_capsules and cfg.mode == "tokens":
+            self.capsule_encoder = caps.GridCapsuleEncoder(grid=cfg.capsule_grid, regions=cfg.capsule_regions,
+                                                           subregions=cfg.capsule_subregions, dim=D,
+                                                           checksum_dim=cfg.checksum_dim, dtype=dtype)
+        if cfg.enable_capsules and cfg.mode == "capsules":
+            self.capsule_proj = casted_dense(D, False, dtype)
+            self.capsule_pos = self.param("capsule_pos", trunc_normal_init(1.0), (cfg.k, D))
+            self.capsule_mask_emb = self.param("capsule_mask_emb", trunc_normal_init(1.0), (D,))
         if cfg.enable_vq:
-            self.vq = VectorQuantizer(num_codes=cfg.num_concepts, dim=cfg.hidden_size,
-                                      commitment_cost=cfg.vq_commitment_cost, use_ema=cfg.vq_use_ema)
+            self.vq = VectorQuantizer(num_codes=cfg.num_concepts, dim=D, commitment_cost=cfg.vq_commitment_cost,
+                                      use_ema=cfg.vq_use_ema)
         if cfg.enable_memory:
-            self.reader = MemoryReader(dim=cfg.hidden_size, top_k=cfg.memory_top_k, num_heads=cfg.memory_num_heads,
-                                       dtype=cfg.dtype)
+            self.reader = MemoryReader(dim=D, top_k=cfg.memory_top_k, num_heads=cfg.memory_num_heads, dtype=dtype)
+        if cfg.enable_latent_planning:
+            self.planner = LatentPlanner(num_paths=cfg.latent_num_paths, depth=cfg.latent_planning_depth,
+                                         combine=cfg.latent_combine, dtype=dtype)
+        if cfg.q_head_num_actions == 3:
+            self.action_head = ActionQHead(num_actions=3, head_type=cfg.q_head_type, pooling=cfg.q_head_pooling,
+                                           hidden=cfg.q_head_hidden, dtype=dtype)
+        if cfg.enable_capsule_expansion:
+            self.capsule_confidence = caps.CapsuleConfidence(dtype=dtype)
+        if cfg.enable_capsules and cfg.enable_reconstruction:
+            self.reconstruction = caps.ReconstructionHead(out_dim=cfg.capsule_content_dim,
+                                                          checksum_dim=cfg.checksum_dim, dtype=dtype)
+        if cfg.enable_mtp:
+            self.mtp = MTPHeads(num_depths=cfg.mtp_num_depths, vocab_size=cfg.vocab_size, dtype=dtype)
+        if cfg.enable_dqn and cfg.curiosity_rnd_weight > 0:
+            self.rnd = dqn.RND(hidden=cfg.rnd_hidden, features=cfg.rnd_hidden)
 
-    def f(self, h, injection, cos_sin, bias):
-        return self.L_level(h, injection, cos_sin, bias)
+    # ------------------------------------------------------------------ capsules
+    def extra_positions(self, tok_BLD, data, ctx):
+        cfg = self.cfg
+        if not cfg.enable_capsules:
+            return None, {}
+        scale = math.sqrt(cfg.hidden_size)
+        mask_Bk, target_Bk = ctx["capsule_mask"], ctx["capsule_target"]
+        if cfg.mode == "tokens":
+            # Pooled from the (unit-scale) token embeddings; grid capsules live in the hidden space.
+            sketches, children, checksums = self.capsule_encoder(scale * tok_BLD, data["inputs"] != 0)
+            project = lambda c: c.astype(cfg.dtype)  # noqa: E731
+        else:
+            # Data capsules are unit-norm sentence embeddings: project to D, then to unit element scale.
+            sketches, children, checksums = (data[k].astype(jnp.float32) for k in ("sketches", "children", "checksums"))
+            if target_Bk is not None:
+                # A masked capsule's content is the answer: nothing derived from it may reach the model.
+                sketches = jnp.where(target_Bk[..., None], 0.0, sketches)
+                children = jnp.where(target_Bk[..., None, None], 0.0, children)
+                checksums = jnp.where(target_Bk[..., None], 0.0, checksums)
 
-    def halt_logits(self, z_H):
-        q = self.q_head(z_H[:, 0]).astype(jnp.float32)
-        return q[:, 0], q[:, 1]
+            def project(c):
+                return scale * self.capsule_proj(c) + self.capsule_pos.astype(cfg.dtype)
+        state = caps.CapsuleState(sketches=sketches, children=children, checksums=checksums,
+                                  expanded_mask=mask_Bk, num_expansions=jnp.zeros(mask_Bk.shape[:1], jnp.int32))
+        cap_emb = project(caps.effective_content(state, cfg.capsule_aggregate))
+        agg_emb = project(caps.effective_content(state.replace(expanded_mask=jnp.ones_like(mask_Bk)),
+                                                 cfg.capsule_aggregate))
+        if target_Bk is not None:
+            mask_emb = self.capsule_mask_emb.astype(cfg.dtype)
+            cap_emb = jnp.where(target_Bk[..., None], mask_emb, cap_emb)
+            agg_emb = jnp.where(target_Bk[..., None], mask_emb, agg_emb)
+        info = {"capsule_sketches": sketches, "capsule_children": children, "capsule_checksums": checksums,
+                "capsule_agg_emb": agg_emb}
+        return cap_emb / scale, info  # the TRM scales every position by sqrt(D)
 
-    def quantize(self, z):
-        return self.vq(z)
+    # ------------------------------------------------------------------ recursion hooks
+    def recursion_context(self, ctx):
+        rctx = super().recursion_context(ctx)
+        cfg = self.cfg
+        if cfg.enable_hierarchical_attention:
+            region = caps.grid_region_ids(cfg.capsule_grid, cfg.capsule_regions)
+            rctx["bias"] = caps.hierarchical_attention_bias(cfg.puzzle_len, cfg.k, region, strong=0.0,
+                                                            weak=cfg.hierarchical_bias_weak)
+        rctx["memory"] = ctx["memory"]
+        rctx["rnn_state"] = ctx["rnn_state"]
+        return rctx
 
-    def read(self, z, bank):
-        return self.reader(z, bank)
+    def cycle_state_init(self, batch_size: int):
+        return jnp.zeros((batch_size,), jnp.bool_), jnp.zeros((batch_size,), jnp.int32)  # (exited, cycles)
 
+    def cycle_done(self, cycle_state):
+        return cycle_state[0]
 
-def _scan(body, length: int, n_broadcast: int):
-    # "vq_ema": the EMA codebook (when vq_use_ema) is read-only inside the cycles, like the params.
-    return nn.scan(body, variable_broadcast=["params", "vq_ema"], split_rngs={"params": False},
-                   in_axes=(nn.broadcast,) * n_broadcast, length=length)
+    def stops_early(self, train: bool) -> bool:
+        return self.cfg.enable_adaptive_hcycles and not train
 
+    def halt_value(self, z_H: jax.Array, rnn_state: Optional[jax.Array]) -> jax.Array:
+        """``[B]`` how much the policy prefers halting now, from trained heads only.
 
-def _l_step(core: HESCCore, z_L, injection, cos_sin, bias):
-    return core.f(z_L, injection, cos_sin, bias), None
+        3 actions: ``Q(HALT) - Q(CONTINUE)`` of the action head (trained by the DQN). 2 actions: the
+        halting head's ``q_halt`` logit (``no_ACT_continue``; trained by the halt BCE) or
+        ``q_halt - q_continue`` (both trained, the continue logit by its bootstrapped target).
+        """
+        if self.cfg.q_head_num_actions == 3:
+            q, _, _ = self.action_head(z_H, rnn_state)
+            return q[:, HALT] - q[:, CONTINUE]
+        q_halt, q_continue = self.halt_logits(z_H)
+        return q_halt if self.cfg.no_ACT_continue else q_halt - q_continue
 
-
-def _h_cycle(core: HESCCore, carry, x, cos_sin, bias, bank):
-    """One H-cycle with the HESC hooks; returns per-cycle statistics as scan outputs."""
-    cfg = core.cfg
-    z_H, z_L, exited, cycles = carry
-    z_L_new, _ = _scan(_l_step, cfg.L_cycles, 3)(core, z_L, z_H + x, cos_sin, bias)
-    z_H_new = core.f(z_H, z_L_new, cos_sin, bias)
-    stats: Dict[str, Any] = {}
-    if cfg.enable_vq:
-        z_q, _, vq_aux = core.quantize(z_H_new)
-        # Candidates for dead-code restarts: recent pre-quantisation states (one per row).
-        stats["vq"] = {**vq_aux, "candidates": z_H_new[:, -1].astype(jnp.float32)}
-        z_H_new = (0.5 * z_H_new + 0.5 * z_q.astype(z_H_new.dtype)).astype(z_H.dtype)
-    if cfg.enable_memory:
-        z_H_new, mem_info = core.read(z_H_new, bank)
-        z_H_new = z_H_new.astype(z_H.dtype)
-        stats["memory"] = mem_info
-    if cfg.enable_adaptive_hcycles:
+    def after_h_update(self, old, new, cycle_state, rctx):
+        cfg = self.cfg
+        (z_H, z_L), (z_H_new, z_L_new) = old, new
+        exited, cycles = cycle_state
+        stats: Dict[str, Any] = {}
+        if cfg.enable_vq:
+            z_q, _, vq_aux = self.vq(z_H_new)
+            # Candidates for dead-code restarts: recent pre-quantisation states (one per row).
+            stats["vq"] = {**vq_aux, "candidates": z_H_new[:, -1].astype(jnp.float32)}
+            z_H_new = (0.5 * z_H_new + 0.5 * z_q.astype(z_H_new.dtype)).astype(z_H.dtype)
+        if cfg.enable_memory:
+            z_H_new, stats["memory"] = self.reader(z_H_new, rctx["memory"])
+            z_H_new = z_H_new.astype(z_H.dtype)
+        if not cfg.enable_adaptive_hcycles:
+            return (z_H_new, z_L_new, (exited, cycles + 1)), stats
         keep = ~exited
         z_H = jnp.where(keep[:, None, None], z_H_new, z_H)
         z_L = jnp.where(keep[:, None, None], z_L_new, z_L)
-        cycles = cycles + keep.astype(jnp.int32)
-        q_halt, q_continue = core.halt_logits(z_H)
-        exited = exited | ((q_halt - q_continue) > cfg.hcycle_confidence_threshold)
-    else:
-        z_H, z_L, cycles = z_H_new, z_L_new, cycles + 1
-    return (z_H, z_L, exited, cycles), stats
+        confident = jax.lax.stop_gradient(self.halt_value(z_H, rctx["rnn_state"])) > cfg.hcycle_confidence_threshold
+        return (z_H, z_L, (exited | confident, cycles + keep.astype(jnp.int32))), stats
 
+    def merge_cycle_stats(self, early, last):
+        """Counts summed over every H-cycle; losses and reads from the last (differentiated) cycle."""
+        merged: Dict[str, Any] = {}
+        if "vq" in last:
+            v = last["vq"]
+            counts, sums = v["counts"], v["sums"]
+            if early is not None:
+                counts, sums = counts + early["vq"]["counts"].sum(0), sums + early["vq"]["sums"].sum(0)
+            merged["vq"] = {**v, "counts": counts, "sums": sums}
+        if "memory" in last:
+            merged["memory"] = last["memory"]
+        return merged
 
-class HESCInner(nn.Module):
-    """One recursion step of HESC: embeddings + capsules, recursion with hooks, all heads."""
+    def after_recursion(self, z_H, rctx):
+        if not self.cfg.enable_latent_planning:
+            return z_H, {}
+        z_H, plan = self.planner(z_H, lambda h, inj: self.L_level(h, inj, rctx["cos_sin"], rctx["bias"]))
+        return z_H, {"planning_entropy": plan["planning_entropy"]}
 
-    cfg: HESCConfig
-
-    @nn.compact
-    def __call__(self, z_H, z_L, data: Mapping[str, jax.Array], reset_B, capsule_mask_Bk, capsule_target_Bk,
-                 memory: Optional[MemoryBank], rnn_state, train: bool = False) -> Dict[str, Any]:
+    # ------------------------------------------------------------------ heads
+    def heads(self, z_H, data, ctx, info):
         cfg = self.cfg
-        D, P, k = cfg.hidden_size, cfg.puzzle_len, cfg.k
-        dtype = cfg.dtype
-        init_key = lambda: self.make_rng("params")  # noqa: E731 (only used at init)
-        H_init = self.variable("buffers", "H_init", lambda: trunc_normal_init(1.0)(init_key(), (D,)))
-        L_init = self.variable("buffers", "L_init", lambda: trunc_normal_init(1.0)(init_key(), (D,)))
-        if reset_B is not None:
-            z_H = jnp.where(reset_B[:, None, None], H_init.value.astype(dtype), z_H)
-            z_L = jnp.where(reset_B[:, None, None], L_init.value.astype(dtype), z_L)
-
-        # Every part enters at unit scale: embeddings (std 1/sqrt(D)) times sqrt(D), as the TRM.
-        std, scale = 1.0 / math.sqrt(D), math.sqrt(D)
-        embed_tokens = CastedEmbedding(cfg.vocab_size, D, std, dtype, name="embed_tokens")
-        parts, capsule_info = [], {}
-        if P:
-            pe = CastedEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim, 0.0, dtype,
-                                 name="puzzle_emb")(data["puzzle_identifiers"].astype(jnp.int32))
-            pe = jnp.pad(pe, ((0, 0), (0, P * D - cfg.puzzle_emb_ndim)))
-            parts.append(scale * pe.reshape(-1, P, D))
-        tok = None
-        if cfg.mode == "tokens":
-            tok = scale * embed_tokens(data["inputs"].astype(jnp.int32))
+        out = super().heads(z_H, data, ctx, {})
+        out["hcycles"] = info["cycle_state"][1]
+        out["cycle_stats"] = info["cycle_stats"]
+        if "planning_entropy" in info:
+            out["planning_entropy"] = info["planning_entropy"]
+        if cfg.q_head_num_actions == 3:
+            out["q_values"], out["rnn_state"], out["replay_state"] = self.action_head(z_H, ctx["rnn_state"])
+        if cfg.enable_memory:
+            # What a memory write stores: the Q-head's pooled state, or the plain mean without one.
+            out["pooled"] = out["replay_state"]["x"] if "replay_state" in out else \
+                jax.lax.stop_gradient(masked_mean(z_H, None))
         if cfg.enable_capsules:
-            cap_emb, agg_emb, capsule_info = self._capsules(data, tok, capsule_mask_Bk, capsule_target_Bk)
-            parts.append(cap_emb)
-        if tok is not None:
-            parts.append(tok)
-        x = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-        if cfg.pos_encodings == "learned":
-            pos = CastedEmbedding(cfg.total_len, D, std, dtype, name="embed_pos")(jnp.arange(cfg.total_len))
-            x = 0.707106781 * (x + scale * pos)
-        cos_sin = rope_cos_sin(D // cfg.num_heads, cfg.total_len, cfg.rope_theta) if cfg.pos_encodings == "rope" \
-            else None
-        bias = self._hierarchical_bias() if cfg.enable_hierarchical_attention else None
-
-        core = HESCCore(cfg, name="core")
-        B = z_H.shape[0]
-        carry = (z_H, z_L, jnp.zeros((B,), jnp.bool_), jnp.zeros((B,), jnp.int32))
-        early_stats = None
-        early_stop = (not train and cfg.enable_adaptive_hcycles and cfg.H_cycles > 1
-                      and not self.is_mutable_collection("params"))
-        if early_stop:
-            # Inference: the whole batch stops as soon as every row has exited.
-            def cond(_, c):
-                return (c[4] < cfg.H_cycles - 1) & ~jnp.all(c[2])
-
-            def body(core_, c):
-                new, _ = _h_cycle(core_, c[:4], x, cos_sin, bias, memory)
-                return (*new, c[4] + 1)
-
-            carry = nn.while_loop(cond, body, core, (*carry, jnp.zeros((), jnp.int32)),
-                                  broadcast_variables=True)[:4]
-        elif cfg.H_cycles > 1:
-            carry, early_stats = _scan(_h_cycle, cfg.H_cycles - 1, 4)(core, carry, x, cos_sin, bias, memory)
-            carry = jax.tree.map(jax.lax.stop_gradient, carry)
-        carry, last_stats = _h_cycle(core, carry, x, cos_sin, bias, memory)
-        z_H, z_L, _, cycles = carry
-
-        out: Dict[str, Any] = {"hcycles": cycles}
-        if cfg.enable_latent_planning:
-            planner = LatentPlanner(num_paths=cfg.latent_num_paths, depth=cfg.latent_planning_depth,
-                                    combine=cfg.latent_combine, dtype=dtype, name="planner")
-            z_H, plan_info = planner(z_H, lambda h, inj: core.f(h, inj, cos_sin, bias))
-            out["planning_entropy"] = plan_info["planning_entropy"]
-
-        lo = cfg.label_offset
-        out["logits"] = casted_dense(cfg.vocab_size, False, dtype, "lm_head")(z_H)[:, lo:lo + cfg.seq_len]
-        out["q_halt_logits"], out["q_continue_logits"] = core.halt_logits(z_H)
-        head = ActionQHead(num_actions=cfg.q_head_num_actions, head_type=cfg.q_head_type, pooling=cfg.q_head_pooling,
-                           hidden=cfg.q_head_hidden, dtype=dtype, name="action_head")
-        out["q_values"], out["rnn_state"], out["replay_state"] = head(z_H, rnn_state)
-        if cfg.enable_capsules:
+            P, k = cfg.puzzle_len, cfg.k
             z_caps = z_H[:, P:P + k]
-            out.update(capsule_info)
-            out["capsule_agg_emb"] = agg_emb
+            out.update({key: info[key] for key in ("capsule_sketches", "capsule_children", "capsule_checksums",
+                                                   "capsule_agg_emb")})
             if cfg.enable_capsule_expansion:
-                out["confidence"] = caps.CapsuleConfidence(dtype=dtype, name="capsule_confidence")(z_caps)
+                out["confidence"] = self.capsule_confidence(z_caps)
             if cfg.enable_reconstruction:
-                recon = caps.ReconstructionHead(out_dim=cfg.capsule_content_dim, checksum_dim=cfg.checksum_dim,
-                                                dtype=dtype, name="reconstruction")
-                out["recon"], out["checksum_pred"] = recon(z_caps)
+                out["recon"], out["checksum_pred"] = self.reconstruction(z_caps)
         if cfg.enable_mtp:
+            lo = cfg.label_offset
             labels = data["labels"]
-            teacher = embed_tokens(jnp.where(labels < 0, 0, labels).astype(jnp.int32))
-            out["mtp_logits"] = MTPHeads(num_depths=cfg.mtp_num_depths, vocab_size=cfg.vocab_size, dtype=dtype,
-                                         name="mtp")(z_H[:, lo:lo + cfg.seq_len], teacher)
-        if cfg.enable_dqn and (cfg.curiosity_rnd_weight > 0):
-            out["rnd_intrinsic"], out["rnd_loss"] = dqn.RND(hidden=cfg.rnd_hidden, features=cfg.rnd_hidden,
-                                                            name="rnd")(out["replay_state"]["x"])
-        out["cycle_stats"] = _merge_cycle_stats(early_stats, last_stats)
-        out["z_H"], out["z_L"] = z_H, z_L
+            teacher = self.embed_tokens(jnp.where(labels < 0, 0, labels).astype(jnp.int32))
+            out["mtp_logits"] = self.mtp(z_H[:, lo:lo + cfg.seq_len], teacher)
+        if cfg.enable_dqn and cfg.curiosity_rnd_weight > 0:
+            out["rnd_intrinsic"], out["rnd_loss"] = self.rnd(out["replay_state"]["x"])
         return out
 
-    def _capsules(self, data, tok, mask_Bk, target_Bk):
-        """Capsule content -> (input embeddings [B, k, D], aggregate embeddings [B, k, D], info), unit scale."""
-        cfg = self.cfg
-        D, k = cfg.hidden_size, cfg.k
-        if cfg.mode == "tokens":
-            # Pooled from the (scaled) token embeddings; the encoder's output is at unit scale.
-            encoder = caps.GridCapsuleEncoder(grid=cfg.capsule_grid, regions=cfg.capsule_regions,
-                                              subregions=cfg.capsule_subregions, dim=D,
-                                              checksum_dim=cfg.checksum_dim, dtype=cfg.dtype, name="capsule_encoder")
-            sketches, children, checksums = encoder(tok, data["inputs"] != 0)
-            project = lambda c: c.astype(cfg.dtype)  # noqa: E731 (grid capsules live in the hidden space)
-            mask_emb = None
-        else:
-            # Data capsules are unit-norm sentence embeddings: project to D, then to unit element scale.
-            sketches = data["sketches"].astype(jnp.float32)
-            children = data["children"].astype(jnp.float32)
-            checksums = data["checksums"].astype(jnp.float32)
-            proj = casted_dense(D, False, cfg.dtype, "capsule_proj")
-            pos = self.param("capsule_pos", trunc_normal_init(1.0), (k, D))
-            mask_emb = self.param("capsule_mask_emb", trunc_normal_init(1.0), (D,))
 
-            def project(c):
-                return math.sqrt(D) * proj(c) + pos.astype(cfg.dtype)
-        state = caps.CapsuleState(sketches=sketches, children=children, checksums=checksums,
-                                  expanded_mask=mask_Bk, num_expansions=jnp.zeros(mask_Bk.shape[:1], jnp.int32))
-        content = caps.effective_content(state, cfg.capsule_aggregate)
-        cap_emb = project(content)
-        aggregate = caps.effective_content(state.replace(expanded_mask=jnp.ones_like(mask_Bk)), cfg.capsule_aggregate)
-        agg_emb = project(aggregate)
-        if cfg.mode == "capsules":
-            cap_emb = jnp.where(target_Bk[..., None], mask_emb.astype(cfg.dtype), cap_emb)
-        info = {"capsule_sketches": sketches, "capsule_children": children, "capsule_checksums": checksums}
-        return cap_emb, agg_emb, info
+class HESC(TRM):
+    """HESC with the TRM's ACT wrapper: one supervision step, ``(carry, batch) -> (carry, outputs)``.
 
-    def _hierarchical_bias(self):
-        cfg = self.cfg
-        region = caps.grid_region_ids(cfg.capsule_grid, cfg.capsule_regions)
-        return caps.hierarchical_attention_bias(cfg.puzzle_len, cfg.k, region, strong=0.0,
-                                                weak=cfg.hierarchical_bias_weak)
-
-
-def _merge_cycle_stats(early, last) -> Dict[str, Any]:
-    """Counts summed over every H-cycle; losses and reads from the last (differentiated) cycle."""
-    merged: Dict[str, Any] = {}
-    if "vq" in last:
-        v = last["vq"]
-        counts, sums = v["counts"], v["sums"]
-        if early is not None:
-            counts = counts + early["vq"]["counts"].sum(0)
-            sums = sums + early["vq"]["sums"].sum(0)
-        merged["vq"] = {**v, "counts": counts, "sums": sums}
-    if "memory" in last:
-        merged["memory"] = last["memory"]
-    return merged
-
-
-def _row_where(mask_B, a, b):
-    return jnp.where(mask_B.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-
-
-class HESC(nn.Module):
-    """HESC with the ACT wrapper: one supervision step, ``(carry, batch) -> (carry, outputs)``.
-
-    ``model.apply(variables, carry, batch, train=..., epsilon=..., temperature=..., memory=bank,
-    rngs={"exploration": key, "masking": key})``. Actions: argmax of the Q-values in
-    evaluation; epsilon-greedy with a softmax temperature while training.
+    ``model.apply(variables, carry, batch, train=..., adaptive=..., epsilon=..., temperature=...,
+    expansion_cost=..., memory=bank, rngs={"exploration": key, "masking": key})``. With three
+    actions the policy is greedy in evaluation and epsilon-greedy with a softmax temperature while
+    training; with two it is the TRM's halting head.
     """
 
     config: HESCConfig
 
-    @nn.compact
-    def __call__(self, carry: ACTCarry, batch: Mapping[str, jax.Array], train: bool = False,
-                 epsilon: float = 0.0, temperature: float = 1.0,
-                 memory: Optional[MemoryBank] = None) -> Tuple[ACTCarry, Dict[str, Any]]:
+    def make_inner(self) -> HESCInner:
+        return HESCInner(self.config, name="inner")
+
+    def begin_step(self, extras: HESCExtras, data, reset_B, train, inputs):
         cfg = self.config
-        inner = HESCInner(cfg, name="inner")
-        ex = dict(carry.extras)
-        reset = carry.halted
-        steps = jnp.where(reset, 0, carry.steps)
-        data = {k: _row_where(reset, batch[k], v) for k, v in carry.current_data.items()}
-        prev_accuracy = jnp.where(reset, 0.0, ex["prev_accuracy"])
-        capsule_mask = num_expansions = None
+        unknown = set(inputs) - {"epsilon", "temperature", "expansion_cost", "memory"}
+        if unknown:
+            raise TypeError(f"HESC takes the inputs epsilon, temperature, expansion_cost, memory; got {sorted(unknown)}")
+        if cfg.enable_memory and inputs.get("memory") is None:
+            raise ValueError("enable_memory: model.apply(..., memory=bank) needs the memory bank (hesc.memory.memory_init)")
+        extras = extras.replace(prev_accuracy=jnp.where(reset_B, 0.0, extras.prev_accuracy))
+        capsule_mask = None
         if cfg.enable_capsules:
-            carried: caps.CapsuleState = ex["capsules"]
-            capsule_mask = carried.expanded_mask & ~reset[:, None]
-            num_expansions = jnp.where(reset, 0, carried.num_expansions)
-        rnn_state = _row_where(reset, jnp.zeros_like(ex["rnn_state"]), ex["rnn_state"]) if "rnn_state" in ex else None
-        target = ex.get("capsule_target")
+            carried = extras.capsules
+            capsule_mask = carried.expanded_mask & ~reset_B[:, None]
+            extras = extras.replace(capsules=carried.replace(
+                expanded_mask=capsule_mask, num_expansions=jnp.where(reset_B, 0, carried.num_expansions)))
+        if extras.rnn_state is not None:
+            extras = extras.replace(rnn_state=row_where(reset_B, jnp.zeros_like(extras.rnn_state), extras.rnn_state))
+        target = None
         if cfg.mode == "capsules":
-            fresh = self._capsule_targets(data, train)
-            target = _row_where(reset, fresh, target)
+            target = row_where(reset_B, self._capsule_targets(data), extras.capsule_target)
+            extras = extras.replace(capsule_target=target)
             # Only masked capsules are predicted (real targets: their concept ids).
-            data["labels"] = jnp.where(reset[:, None] & ~target, IGNORE, data["labels"])
+            data = dict(data, labels=jnp.where(reset_B[:, None] & ~target, IGNORE_LABEL_ID, data["labels"]))
+        ctx = {"capsule_mask": capsule_mask, "capsule_target": target, "memory": inputs.get("memory"),
+               "rnn_state": extras.rnn_state,
+               # Per child; annealed by the train step (hesc/objective.py), the configured value otherwise.
+               "expansion_cost": inputs.get("expansion_cost", cfg.expansion_cost_per_child)}
+        return extras, data, ctx
 
-        out = inner(carry.z_H, carry.z_L, data, reset, capsule_mask, target, memory, rnn_state, train)
-        z_H, z_L = jax.lax.stop_gradient(out.pop("z_H")), jax.lax.stop_gradient(out.pop("z_L"))
-        steps = steps + 1
+    def wants_halt(self, out, train, inputs):
+        cfg = self.config
+        if cfg.q_head_num_actions == 2:
+            return super().wants_halt(out, train, inputs)
+        q = jax.lax.stop_gradient(out["q_values"])
+        if train:
+            actions = dqn.select_actions(q, self.make_rng("exploration"), inputs.get("epsilon", 0.0),
+                                         inputs.get("temperature", 1.0))
+        else:
+            actions = jnp.argmax(q, axis=-1).astype(jnp.int32)
+        out["actions"] = actions
+        return actions == HALT
 
+    def end_step(self, extras: HESCExtras, z_H, data, out, halted_B, ctx):
+        cfg = self.config
         labels = data["labels"]
-        label_mask = labels != IGNORE
+        label_mask = labels != IGNORE_LABEL_ID
         counts = label_mask.sum(-1)
         correct = label_mask & (jnp.argmax(out["logits"], -1) == labels)
         accuracy = correct.sum(-1) / jnp.maximum(counts, 1)
-        seq_correct = correct.sum(-1) == counts
-        is_last = steps >= cfg.halt_max_steps
-
-        q = jax.lax.stop_gradient(out["q_values"])
-        if cfg.q_head_num_actions == 3:
-            if train:
-                actions = dqn.select_actions(q, self.make_rng("exploration"), epsilon, temperature)
-            else:
-                actions = jnp.argmax(q, axis=-1).astype(jnp.int32)
-            # Evaluation runs every row exactly halt_max_steps steps (batching, as the TRM);
-            # while training the HALT action ends an example.
-            halted = is_last | (train & (actions == HALT))
-        else:
-            actions = jnp.zeros_like(steps)
-            q_halt = jax.lax.stop_gradient(out["q_halt_logits"])
-            halted = is_last | (train & (cfg.halt_max_steps > 1) & (q_halt > 0))
-
-        expanded_index = jnp.full_like(steps, -1)
-        cost = jnp.zeros(steps.shape, jnp.float32)
+        steps_shape = halted_B.shape
+        actions = out.get("actions", jnp.where(halted_B, HALT, CONTINUE).astype(jnp.int32))
+        expanded_index = jnp.full(steps_shape, -1, jnp.int32)
+        cost = jnp.zeros(steps_shape, jnp.float32)
         if cfg.enable_capsules:
             # This step's capsules (content recomputed from the data and the current parameters,
-            # expansions carried) ride in the carry as a CapsuleState.
+            # expansions carried) ride in the carry.
             f32 = lambda x: jax.lax.stop_gradient(x).astype(jnp.float32)  # noqa: E731 (stable carry dtype)
-            state = caps.CapsuleState(sketches=f32(out["capsule_sketches"]), children=f32(out["capsule_children"]),
-                                      checksums=f32(out["capsule_checksums"]), expanded_mask=capsule_mask,
-                                      num_expansions=num_expansions)
-        if cfg.enable_capsule_expansion:
-            do_expand = (actions == EXPAND) & ~halted
-            state, expanded_index, cost = caps.expand_capsules(state, do_expand, jax.lax.stop_gradient(
-                out["confidence"]), cfg.expansion_cost_per_child)
-            num_expansions = state.num_expansions
-            # The expanded capsule's state takes its new (children) content right away.
-            pos = cfg.capsule_offset + expanded_index
-            hit = (jnp.arange(cfg.total_len)[None, :] == pos[:, None]) & (expanded_index >= 0)[:, None]
-            new_content = jnp.take_along_axis(out["capsule_agg_emb"], jnp.maximum(expanded_index, 0)[:, None, None],
-                                              axis=1)
-            z_H = jnp.where(hit[..., None], jax.lax.stop_gradient(new_content).astype(z_H.dtype), z_H)
+            state = extras.capsules.replace(sketches=f32(out["capsule_sketches"]),
+                                            children=f32(out["capsule_children"]),
+                                            checksums=f32(out["capsule_checksums"]))
+            if cfg.enable_capsule_expansion:
+                do_expand = (actions == EXPAND) & ~halted_B
+                state, expanded_index, cost = caps.expand_capsules(
+                    state, do_expand, jax.lax.stop_gradient(out["confidence"]), ctx["expansion_cost"],
+                    blocked=ctx["capsule_target"])
+                # The expanded capsule's state takes its new (children) content right away.
+                pos = cfg.capsule_offset + expanded_index
+                hit = (jnp.arange(cfg.total_len)[None, :] == pos[:, None]) & (expanded_index >= 0)[:, None]
+                new_content = jnp.take_along_axis(out["capsule_agg_emb"],
+                                                  jnp.maximum(expanded_index, 0)[:, None, None], axis=1)
+                z_H = jnp.where(hit[..., None], jax.lax.stop_gradient(new_content).astype(z_H.dtype), z_H)
+            extras = extras.replace(capsules=state)
+        out.update(actions=actions, accuracy=accuracy, prev_accuracy=extras.prev_accuracy,
+                   seq_correct=correct.sum(-1) == counts, token_correct=correct, halted=halted_B,
+                   expanded_index=expanded_index, expansion_cost=cost, label_counts=counts,
+                   num_expansions=extras.capsules.num_expansions if cfg.enable_capsules
+                   else jnp.zeros(steps_shape, jnp.int32))
+        extras = extras.replace(prev_accuracy=accuracy)
+        if extras.rnn_state is not None:
+            extras = extras.replace(rnn_state=jax.lax.stop_gradient(out["rnn_state"]))
+        return extras, z_H, out
 
-        ex["prev_accuracy"] = accuracy
-        if cfg.enable_capsules:
-            ex["capsules"] = state
-        if "rnn_state" in ex:
-            ex["rnn_state"] = jax.lax.stop_gradient(out["rnn_state"])
-        if target is not None:
-            ex["capsule_target"] = target
-        out.update(actions=actions, accuracy=accuracy, prev_accuracy=prev_accuracy,
-                   seq_correct=seq_correct, token_correct=correct, halted=halted, reset=reset,
-                   expanded_index=expanded_index,
-                   expansion_cost=cost, label_counts=counts,
-                   num_expansions=jnp.zeros_like(steps) if num_expansions is None else num_expansions)
-        new_carry = ACTCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, current_data=data, extras=ex)
-        return new_carry, out
-
-    def _capsule_targets(self, data, train: bool) -> jax.Array:
+    def _capsule_targets(self, data) -> jax.Array:
         """Which capsules are masked and predicted, ``[B, k] bool`` (at least one per row)."""
         cfg = self.config
         k = cfg.k
@@ -382,24 +368,40 @@ class HESC(nn.Module):
         threshold = jnp.sort(scores, axis=-1)[:, n_mask - 1:n_mask]
         return scores <= threshold  # [B, k]
 
+    def initial_carry(self, batch: Mapping[str, Any]) -> ACTCarry:
+        return initial_carry(self.config, batch)
+
+    def example_batch(self, batch_size: int) -> Dict[str, jax.Array]:
+        """A zero batch with every key the model reads (capsule data in capsules mode)."""
+        batch = super().example_batch(batch_size)
+        cfg = self.config
+        if cfg.mode == "capsules":
+            k, m, Dc = cfg.k, cfg.m, cfg.capsule_dim
+            batch.update(sketches=jnp.zeros((batch_size, k, Dc)), children=jnp.zeros((batch_size, k, m, Dc)),
+                         checksums=jnp.zeros((batch_size, k, cfg.checksum_dim)))
+        return batch
+
 
 def initial_carry(cfg: HESCConfig, batch: Mapping[str, Any]) -> ACTCarry:
-    """Every row halted; extras sized for the batch (see docs/hesc.md)."""
-    import numpy as np
+    """Every row halted; :class:`HESCExtras` sized for the batch (see docs/hesc.md)."""
+    from trm_jax.models.carry import initial_carry as trm_initial_carry
 
+    carry = trm_initial_carry(cfg, batch)
     B = np.shape(batch["inputs"])[0]
-    hidden = lambda: jnp.zeros((B, cfg.total_len, cfg.hidden_size), cfg.dtype)  # noqa: E731 (two buffers: donatable)
-    extras: Dict[str, Any] = {"prev_accuracy": jnp.zeros((B,), jnp.float32)}
+    extras = HESCExtras(prev_accuracy=jnp.zeros((B,), jnp.float32))
     if cfg.enable_capsules:
         k, m, Dc = cfg.k, cfg.m, cfg.capsule_content_dim
-        extras["capsules"] = caps.CapsuleState(
+        extras = extras.replace(capsules=caps.CapsuleState(
             sketches=jnp.zeros((B, k, Dc), jnp.float32), children=jnp.zeros((B, k, m, Dc), jnp.float32),
             checksums=jnp.zeros((B, k, cfg.checksum_dim), jnp.float32),
-            expanded_mask=jnp.zeros((B, k), jnp.bool_), num_expansions=jnp.zeros((B,), jnp.int32))
-    if cfg.q_head_type == "rnn":
-        extras["rnn_state"] = jnp.zeros((B, cfg.q_head_hidden), jnp.float32)
+            expanded_mask=jnp.zeros((B, k), jnp.bool_), num_expansions=jnp.zeros((B,), jnp.int32)))
+    if cfg.q_head_num_actions == 3 and cfg.q_head_type == "rnn":
+        extras = extras.replace(rnn_state=jnp.zeros((B, cfg.q_head_hidden), jnp.float32))
     if cfg.mode == "capsules":
-        extras["capsule_target"] = jnp.zeros((B, cfg.k), jnp.bool_)
-    return ACTCarry(z_H=hidden(), z_L=hidden(), steps=jnp.zeros((B,), jnp.int32), halted=jnp.ones((B,), jnp.bool_),
-                    current_data={k: jnp.zeros(np.shape(v), jnp.asarray(v).dtype) for k, v in batch.items()},
-                    extras=extras)
+        extras = extras.replace(capsule_target=jnp.zeros((B, cfg.k), jnp.bool_))
+    if cfg.enable_dqn:
+        extras = extras.replace(pending=PendingTransition(
+            state=jax.tree.map(lambda x: jnp.zeros((B,) + x.shape, x.dtype), replay_example(cfg)),
+            action=jnp.zeros((B,), jnp.int32), reward=jnp.zeros((B,), jnp.float32),
+            valid=jnp.zeros((B,), jnp.bool_)))
+    return carry.replace(extras=extras)

@@ -9,8 +9,8 @@ per-call assignment statistics (``counts``, ``sums``) and the train step folds t
 
 * ``use_ema=False``: the codebook is the param ``"codebook" [K, D]``, trained by the codebook
   loss ``mean (sg(z) - c)^2``.
-* ``use_ema=True``: the codebook is the variable ``"vq_ema"/"codebook" [K, D]`` (read-only in
-  the forward); the train step replaces it with ``ema_codebook(stats)`` (VQ-VAE-2 updates), and
+* ``use_ema=True``: the codebook is the variable ``"buffers"/"codebook" [K, D]`` (a non-trained
+  buffer, read-only in the forward); the train step replaces it with ``ema_codebook(stats)`` (VQ-VAE-2 updates), and
   the loss holds only the commitment term.
 
 Losses are mean squared errors over the unmasked elements (``F.mse_loss`` convention), so
@@ -86,7 +86,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"VectorQuantizer(dim={D}) got z with last axis {z.shape[-1]}")
         init = trunc_normal_init(self.init_std)
         if self.use_ema:
-            codebook = self.variable("vq_ema", "codebook", lambda: init(self.make_rng("params"), (K, D))).value
+            codebook = self.variable("buffers", "codebook", lambda: init(self.make_rng("params"), (K, D))).value
         else:
             codebook = self.param("codebook", init, (K, D), jnp.float32)
 

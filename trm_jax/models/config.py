@@ -107,6 +107,16 @@ class TRMConfig:
         return self.seq_len + self.puzzle_len
 
     @property
+    def has_token_positions(self) -> bool:
+        """Whether the input tokens are embedded as positions of the hidden sequence (always, for the TRM)."""
+        return True
+
+    @property
+    def label_offset(self) -> int:
+        """Index of the first predicted position (after the puzzle prefix)."""
+        return self.puzzle_len
+
+    @property
     def dtype(self) -> Any:
         return _DTYPES[self.forward_dtype]
 

@@ -73,10 +73,13 @@ def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
     return -(inter // -256) * 256
 
 
-def casted_dense(features: int, use_bias: bool, dtype, name: str,
+def casted_dense(features: int, use_bias: bool, dtype, name: Optional[str] = None,
                  kernel_init: Optional[nn.initializers.Initializer] = None,
                  bias_init: nn.initializers.Initializer = nn.initializers.zeros) -> nn.Dense:
-    """A bias-optional linear layer with float32 params computing in ``dtype``."""
+    """A bias-optional linear layer with float32 params computing in ``dtype``.
+
+    ``name`` for ``nn.compact`` callers; in ``setup`` the attribute names the layer (leave it None).
+    """
     return nn.Dense(
         features,
         use_bias=use_bias,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from trm_jax.models.act import act_step
-from trm_jax.models.carry import ACTCarry
+from trm_jax.models.carry import ACTCarry, initial_carry
 from trm_jax.models.config import TRMConfig
 from trm_jax.models.layers import (Attention, CastedEmbedding, CosSin, SwiGLU, casted_dense, constrain_batch,
                                    rms_norm, rope_cos_sin, trunc_normal_init)
@@ -76,101 +76,230 @@ _REMAT_POLICIES = {
 }
 
 
-def _scan(body, length: int):
-    """``nn.scan`` over ``length`` steps sharing the module's parameters; extra args broadcast."""
-    return nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=(nn.broadcast, nn.broadcast), length=length)
+def _scan(body, length: int, n_broadcast: int):
+    """``nn.scan`` of ``body(module, carry, *broadcast_args)`` over ``length`` steps, sharing the
+    module's parameters and buffers (one copy of the weights in the compiled graph)."""
+    return nn.scan(body, variable_broadcast=["params", "buffers"], split_rngs={"params": False},
+                   in_axes=(nn.broadcast,) * n_broadcast, length=length)
 
 
-def _l_step(f: ReasoningModule, z_L, injection, cos_sin):
-    return f(z_L, injection, cos_sin), None
+def _l_step(inner: "TRMInner", z_L, injection, rctx):
+    return inner.L_level(z_L, injection, rctx["cos_sin"], rctx["bias"]), None
 
 
-def _h_cycle(f: ReasoningModule, carry, x_BSD, cos_sin):
-    """One H-cycle: ``L_cycles`` low-level updates, then one high-level update."""
-    z_H, z_L = carry
-    z_L, _ = _scan(_l_step, f.cfg.L_cycles)(f, z_L, z_H + x_BSD, cos_sin)
-    z_H = f(z_H, z_L, cos_sin)
-    return (z_H, z_L), None
+def _h_cycle(inner: "TRMInner", carry, x_BSD, rctx):
+    """One H-cycle: ``L_cycles`` low-level updates, one high-level update, then the variant's hook."""
+    z_H, z_L, cycle_state = carry
+    z_L_new, _ = _scan(_l_step, inner.cfg.L_cycles, 2)(inner, z_L, z_H + x_BSD, rctx)
+    z_H_new = inner.L_level(z_H, z_L_new, rctx["cos_sin"], rctx["bias"])
+    return inner.after_h_update((z_H, z_L), (z_H_new, z_L_new), cycle_state, rctx)
 
 
 class TRMInner(nn.Module):
-    """One recursion step (reference ``TinyRecursiveReasoningModel_ACTV1_Inner``).
+    """One recursion step (reference ``TinyRecursiveReasoningModel_ACTV1_Inner``), in stages.
 
-    Variables: ``params`` (embeddings, heads, ``L_level``) and ``buffers``
-    (``H_init``/``L_init [D]``, fixed random initial states, never trained).
+    ``(z_H, z_L, data, reset, ctx) -> (z_H, z_L, outputs)``. Variables: ``params`` (embeddings,
+    ``L_level``, heads) and ``buffers`` (``H_init``/``L_init [D]``, fixed random initial states).
+
+    A model variant subclasses this and overrides only the hooks (docs/architecture.md#variants);
+    each default here is the reference TRM's behaviour:
+
+    * :meth:`extra_positions` -- positions between the puzzle prefix and the tokens (none);
+    * :meth:`recursion_context` -- what every cycle reads (rotary tables, attention bias);
+    * :meth:`cycle_state_init` / :meth:`after_h_update` / :meth:`stops_early` -- per-row state
+      carried through the H-cycles and a hook after each high-level update (identity);
+    * :meth:`after_recursion` -- a transform of the final ``z_H`` (identity);
+    * :meth:`heads` -- outputs from ``z_H`` (``logits``, ``q_halt_logits``, ``q_continue_logits``).
+
+    ``ctx`` is the variant's per-step input (None for the TRM).
     """
 
     cfg: TRMConfig
 
-    @nn.compact
-    def __call__(self, z_H: jax.Array, z_L: jax.Array, data: Mapping[str, jax.Array],
-                 reset_B: Optional[jax.Array]) -> Tuple[jax.Array, ...]:
+    def setup(self) -> None:
         cfg = self.cfg
-        D, P = cfg.hidden_size, cfg.puzzle_len
+        D = cfg.hidden_size
+        std = 1.0 / math.sqrt(D)
+        self.embed_tokens = CastedEmbedding(cfg.vocab_size, D, std, cfg.dtype)
+        if cfg.puzzle_emb_ndim > 0:
+            self.puzzle_emb = CastedEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim, 0.0, cfg.dtype)
+        if cfg.pos_encodings == "learned":
+            self.embed_pos = CastedEmbedding(cfg.total_len, D, std, cfg.dtype)
+        self.L_level = ReasoningModule(cfg)
+        self.lm_head = casted_dense(cfg.vocab_size, False, cfg.dtype)
+        # Q starts near "never halt" (weight 0, bias -5) for stable bootstrapping, as in the reference.
+        self.q_head = casted_dense(2, True, cfg.dtype, kernel_init=nn.initializers.zeros,
+                                   bias_init=nn.initializers.constant(-5.0))
         init_key = lambda: self.make_rng("params")  # noqa: E731 (only used at init)
-        H_init = self.variable("buffers", "H_init", lambda: trunc_normal_init(1.0)(init_key(), (D,)))
-        L_init = self.variable("buffers", "L_init", lambda: trunc_normal_init(1.0)(init_key(), (D,)))
+        self.H_init = self.variable("buffers", "H_init", lambda: trunc_normal_init(1.0)(init_key(), (D,)))
+        self.L_init = self.variable("buffers", "L_init", lambda: trunc_normal_init(1.0)(init_key(), (D,)))
+
+    def __call__(self, z_H: jax.Array, z_L: jax.Array, data: Mapping[str, jax.Array], reset_B: Optional[jax.Array],
+                 ctx: Any = None, train: bool = False) -> Tuple[jax.Array, jax.Array, Dict[str, Any]]:
+        cfg = self.cfg
         if reset_B is not None:
             mask = reset_B[:, None, None]
-            z_H = jnp.where(mask, H_init.value.astype(cfg.dtype), z_H)
-            z_L = jnp.where(mask, L_init.value.astype(cfg.dtype), z_L)
+            z_H = jnp.where(mask, self.H_init.value.astype(cfg.dtype), z_H)
+            z_L = jnp.where(mask, self.L_init.value.astype(cfg.dtype), z_L)
+        x_BSD, info = self.embed(data, ctx)
+        rctx = self.recursion_context(ctx)
+        z_H, z_L, cycle_info = self.recursion(z_H, z_L, constrain_batch(x_BSD), rctx, train)
+        z_H, plan_info = self.after_recursion(z_H, rctx)
+        return z_H, z_L, self.heads(z_H, data, ctx, {**info, **cycle_info, **plan_info})
 
-        x_BSD = constrain_batch(self._input_embeddings(data["inputs"], data.get("puzzle_identifiers")))
-        cos_sin = rope_cos_sin(D // cfg.num_heads, cfg.total_len, cfg.rope_theta) if cfg.pos_encodings == "rope" else None
-
-        f = ReasoningModule(cfg, name="L_level")
-        if cfg.H_cycles > 1:
-            # The first H_cycles - 1 cycles carry no gradient (reference: torch.no_grad()); XLA drops
-            # their unused activations (the compiled step's temp memory is the same as with the
-            # parameters stop-gradient'ed on the way in, measured).
-            (z_H, z_L), _ = _scan(_h_cycle, cfg.H_cycles - 1)(f, (z_H, z_L), x_BSD, cos_sin)
-            z_H, z_L = jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L)
-        (z_H, z_L), _ = _h_cycle(f, (z_H, z_L), x_BSD, cos_sin)
-
-        logits_BLV = casted_dense(cfg.vocab_size, False, cfg.dtype, "lm_head")(z_H)[:, P:]
-        # Q starts near "never halt" (weight 0, bias -5) for stable bootstrapping, as in the reference.
-        q_head = casted_dense(2, True, cfg.dtype, "q_head", kernel_init=nn.initializers.zeros,
-                              bias_init=nn.initializers.constant(-5.0))
-        q_B2 = q_head(z_H[:, 0]).astype(jnp.float32)
-        return z_H, z_L, logits_BLV, q_B2[:, 0], q_B2[:, 1]
-
-    def _input_embeddings(self, inputs_BL: jax.Array, puzzle_ids_B: Optional[jax.Array]) -> jax.Array:
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, data: Mapping[str, jax.Array], ctx: Any) -> Tuple[jax.Array, Dict[str, Any]]:
+        """``x [B, S, D]`` = ``sqrt(D) * [puzzle prefix | extra positions | tokens]`` (+ learned positions)."""
         cfg = self.cfg
         D, P = cfg.hidden_size, cfg.puzzle_len
-        std = 1.0 / math.sqrt(D)
-        emb = CastedEmbedding(cfg.vocab_size, D, std, cfg.dtype, name="embed_tokens")(inputs_BL.astype(jnp.int32))
+        parts = []
         if cfg.puzzle_emb_ndim > 0:
-            if puzzle_ids_B is None:
+            puzzle_ids = data.get("puzzle_identifiers")
+            if puzzle_ids is None:
                 raise ValueError("this model has puzzle embeddings: the batch needs 'puzzle_identifiers' [B]")
-            pe = CastedEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim, 0.0, cfg.dtype,
-                                 name="puzzle_emb")(puzzle_ids_B.astype(jnp.int32))
-            pe = jnp.pad(pe, ((0, 0), (0, P * D - cfg.puzzle_emb_ndim)))
-            emb = jnp.concatenate([pe.reshape(-1, P, D), emb], axis=1)
+            pe = self.puzzle_emb(puzzle_ids.astype(jnp.int32))
+            parts.append(jnp.pad(pe, ((0, 0), (0, P * D - cfg.puzzle_emb_ndim))).reshape(-1, P, D))
+        tok_BLD = self.embed_tokens(data["inputs"].astype(jnp.int32)) if cfg.has_token_positions else None
+        extra, info = self.extra_positions(tok_BLD, data, ctx)
+        parts += [p for p in (extra, tok_BLD) if p is not None]
+        emb = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         if cfg.pos_encodings == "learned":
-            pos = CastedEmbedding(cfg.total_len, D, std, cfg.dtype, name="embed_pos")(jnp.arange(cfg.total_len))
-            emb = 0.707106781 * (emb + pos)  # 1/sqrt(2) keeps the forward variance
-        return math.sqrt(D) * emb
+            emb = 0.707106781 * (emb + self.embed_pos(jnp.arange(cfg.total_len)))  # 1/sqrt(2) keeps the variance
+        return math.sqrt(D) * emb, info
+
+    def extra_positions(self, tok_BLD: Optional[jax.Array], data: Mapping[str, jax.Array],
+                        ctx: Any) -> Tuple[Optional[jax.Array], Dict[str, Any]]:
+        """Embeddings ``[B, k, D]`` (before the ``sqrt(D)`` scale) placed after the prefix; the TRM has none."""
+        return None, {}
+
+    # ------------------------------------------------------------------ recursion
+    def recursion_context(self, ctx: Any) -> Dict[str, Any]:
+        """What every cycle reads (broadcast through the scans): rotary tables and an attention bias."""
+        cfg = self.cfg
+        cos_sin = (rope_cos_sin(cfg.hidden_size // cfg.num_heads, cfg.total_len, cfg.rope_theta)
+                   if cfg.pos_encodings == "rope" else None)
+        return {"cos_sin": cos_sin, "bias": None}
+
+    def cycle_state_init(self, batch_size: int) -> Any:
+        """Per-row state carried through the H-cycles (the TRM carries none)."""
+        return ()
+
+    def after_h_update(self, old: Tuple[jax.Array, jax.Array], new: Tuple[jax.Array, jax.Array], cycle_state: Any,
+                       rctx: Dict[str, Any]) -> Tuple[Tuple[jax.Array, jax.Array, Any], Dict[str, Any]]:
+        """The states after one H-cycle and this cycle's statistics; the TRM keeps the new states."""
+        return (*new, cycle_state), {}
+
+    def stops_early(self, train: bool) -> bool:
+        """Whether the cycles may stop once :meth:`cycle_done` holds for every row (never for the TRM)."""
+        return False
+
+    def cycle_done(self, cycle_state: Any) -> jax.Array:
+        raise NotImplementedError
+
+    def merge_cycle_stats(self, early: Any, last: Dict[str, Any]) -> Dict[str, Any]:
+        """Statistics of all cycles from the stacked first ``H_cycles - 1`` (or None) and the last one."""
+        return {}
+
+    def recursion(self, z_H: jax.Array, z_L: jax.Array, x_BSD: jax.Array, rctx: Dict[str, Any],
+                  train: bool) -> Tuple[jax.Array, jax.Array, Dict[str, Any]]:
+        """``H_cycles`` cycles; the first ``H_cycles - 1`` carry no gradient (reference: ``torch.no_grad()``).
+
+        XLA drops the unused activations of the no-gradient cycles (the compiled step's temp memory
+        is the same as with the parameters stop-gradient'ed on the way in, measured).
+        """
+        cfg = self.cfg
+        carry = (z_H, z_L, self.cycle_state_init(z_H.shape[0]))
+        early = None
+        if cfg.H_cycles > 1 and self.stops_early(train) and not self.is_mutable_collection("params"):
+            # Inference: the whole batch stops as soon as every row is done.
+            def cond(inner, c):
+                return (c[1] < cfg.H_cycles - 1) & ~jnp.all(inner.cycle_done(c[0][2]))
+
+            def body(inner, c):
+                new, _ = _h_cycle(inner, c[0], x_BSD, rctx)
+                return new, c[1] + 1
+
+            carry = nn.while_loop(cond, body, self, (carry, jnp.zeros((), jnp.int32)), broadcast_variables=True)[0]
+        elif cfg.H_cycles > 1:
+            carry, early = _scan(_h_cycle, cfg.H_cycles - 1, 2)(self, carry, x_BSD, rctx)
+            carry = jax.tree.map(jax.lax.stop_gradient, carry)
+        (z_H, z_L, cycle_state), last = _h_cycle(self, carry, x_BSD, rctx)
+        return z_H, z_L, {"cycle_state": cycle_state, "cycle_stats": self.merge_cycle_stats(early, last)}
+
+    def after_recursion(self, z_H: jax.Array, rctx: Dict[str, Any]) -> Tuple[jax.Array, Dict[str, Any]]:
+        """A transform of the final high-level state (the TRM: none)."""
+        return z_H, {}
+
+    # ------------------------------------------------------------------ heads
+    def halt_logits(self, z_H: jax.Array) -> Tuple[jax.Array, jax.Array]:
+        """``(q_halt [B], q_continue [B])`` float32 logits of the halting head, read at position 0."""
+        q_B2 = self.q_head(z_H[:, 0]).astype(jnp.float32)
+        return q_B2[:, 0], q_B2[:, 1]
+
+    def heads(self, z_H: jax.Array, data: Mapping[str, jax.Array], ctx: Any,
+              info: Dict[str, Any]) -> Dict[str, Any]:
+        """``logits [B, seq_len, V]`` of the predicted positions and the halting logits."""
+        cfg = self.cfg
+        lo = cfg.label_offset
+        out = {"logits": self.lm_head(z_H)[:, lo:lo + cfg.seq_len]}
+        out["q_halt_logits"], out["q_continue_logits"] = self.halt_logits(z_H)
+        return out
 
 
 class TRM(nn.Module):
     """TRM with the ACT wrapper: ``(carry, batch) -> (carry, outputs)``, one supervision step.
 
-    ``model.apply(variables, carry, batch, train=False)``; training with
-    exploration needs ``rngs={'exploration': key}``.
+    ``model.apply(variables, carry, batch, train=False)``; training with exploration needs
+    ``rngs={'exploration': key}``. ``adaptive=True`` (evaluation) lets a row halt when its
+    halting head says so instead of after exactly ``halt_max_steps`` steps.
+
+    A variant (HESC) subclasses this with its own inner module and the ACT hooks
+    :meth:`begin_step`, :meth:`wants_halt`, :meth:`end_step`; ``inputs`` are its per-step
+    inputs (``model.apply(..., **inputs)``).
     """
 
     config: TRMConfig
 
+    def make_inner(self) -> TRMInner:
+        return TRMInner(self.config, name="inner")
+
     @nn.compact
-    def __call__(self, carry: ACTCarry, batch: Mapping[str, jax.Array],
-                 train: bool = False) -> Tuple[ACTCarry, Dict[str, jax.Array]]:
-        inner = TRMInner(self.config, name="inner")
-        needs_rng = train and self.config.halt_max_steps > 1 and self.config.halt_exploration_prob > 0
+    def __call__(self, carry: ACTCarry, batch: Mapping[str, jax.Array], train: bool = False,
+                 adaptive: bool = False, **inputs: Any) -> Tuple[ACTCarry, Dict[str, Any]]:
+        cfg = self.config
+        needs_rng = train and cfg.halt_max_steps > 1 and cfg.halt_exploration_prob > 0
         if needs_rng and not (self.has_rng("exploration") or self.has_rng("params")):
             raise ValueError("train=True with halt exploration needs rngs={'exploration': key} in model.apply")
         rng = self.make_rng("exploration") if needs_rng else None  # (Flax falls back to the 'params' stream)
-        return act_step(inner, carry, batch, self.config, train, rng)
+        return act_step(self, self.make_inner(), carry, batch, train, adaptive, rng, inputs)
+
+    # ACT hooks (the TRM's): see trm_jax/models/act.py.
+    def begin_step(self, extras: Any, data: Dict[str, jax.Array], reset_B: jax.Array, train: bool,
+                   inputs: Mapping[str, Any]) -> Tuple[Any, Dict[str, jax.Array], Any]:
+        """``(extras, data, ctx)`` for this step, after halted rows took new examples."""
+        if inputs:
+            raise TypeError(f"the TRM takes no extra inputs; got {sorted(inputs)}")
+        return extras, data, None
+
+    def wants_halt(self, out: Dict[str, Any], train: bool, inputs: Mapping[str, Any]) -> jax.Array:
+        """``[B] bool``: rows whose halting head says stop (``q_halt > 0``, or ``q_halt > q_continue``)."""
+        q_halt = jax.lax.stop_gradient(out["q_halt_logits"])
+        if self.config.no_ACT_continue:
+            return q_halt > 0
+        return q_halt > jax.lax.stop_gradient(out["q_continue_logits"])
+
+    def end_step(self, extras: Any, z_H: jax.Array, data: Mapping[str, jax.Array], out: Dict[str, Any],
+                 halted_B: jax.Array, ctx: Any) -> Tuple[Any, jax.Array, Dict[str, Any]]:
+        """``(extras, z_H, outputs)`` after the halting decision (the TRM changes nothing)."""
+        return extras, z_H, out
+
+    def initial_carry(self, batch: Mapping[str, Any]) -> ACTCarry:
+        """A carry in which every row is halted, so the first step loads ``batch``."""
+        return initial_carry(self.config, batch)
+
+    def example_batch(self, batch_size: int) -> Dict[str, jax.Array]:
+        """A zero batch with every key the model reads (for ``init`` and shapes)."""
+        return dummy_batch(self.config, batch_size)
 
 
 def build_model(model_cfg: Any) -> TRM:
@@ -201,8 +330,6 @@ def random_batch(model_cfg: Any, batch_size: int, key: jax.Array) -> Dict[str, j
 
 def init_variables(model_cfg: Any, key: jax.Array) -> Dict[str, Any]:
     """Freshly initialised variables ``{'params': ..., 'buffers': ...}`` (reference init)."""
-    from trm_jax.models.carry import initial_carry
-
     batch = dummy_batch(model_cfg)
     model = build_model(model_cfg)
     return dict(model.init({"params": key}, initial_carry(model_cfg, batch), batch, train=False))
