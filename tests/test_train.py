@@ -172,3 +172,23 @@ def test_evaluations_fall_at_the_ends_of_eval_interval_epochs():
     # Exactly one evaluation per period (2 every 3 steps at 1.5), never two on the same step.
     assert [s for s in range(1, 31) if is_eval_step(s, 1.5)] == sorted({round(k * 1.5) for k in range(1, 21)})
     assert not any(is_eval_step(s, 0.0) for s in range(1, 100))
+
+
+def test_capsule_shapes_come_from_the_dataset():
+    """HESC capsules mode on a capsule set built with other sizes (the default preset's 64-wide
+    checksums under hesc.py:tiny,text, which sets 16): the model takes the data's shapes."""
+    from types import SimpleNamespace
+
+    from configs import hesc
+    from trm_jax.hesc.config import HESCConfig
+    from trm_jax.train import resolve_config
+
+    config = hesc.get_config("tiny,text")
+    assert config.model.checksum_dim == 16
+    meta = SimpleNamespace(seq_len=10, vocab_size=2052, num_puzzle_identifiers=1)
+    example = {"sketches": np.zeros((10, 384)), "children": np.zeros((10, 3, 384)), "checksums": np.zeros((10, 64))}
+    model = HESCConfig.from_any(resolve_config(config, meta, example).model)
+    assert (model.num_capsules, model.capsule_children, model.capsule_dim, model.checksum_dim) == (10, 3, 384, 64)
+    assert model.k == model.seq_len == 10 and config.model.checksum_dim == 16  # the input config is unchanged
+    # Tokens mode (and the TRM) ignore capsule arrays.
+    assert resolve_config(hesc.get_config("tiny"), meta, example).model.checksum_dim == 16

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -65,12 +65,18 @@ def prepare_data(config: ml_collections.ConfigDict, rebuild: bool = False) -> Di
     return meta
 
 
-def resolve_config(config: ml_collections.ConfigDict, train_meta: Any) -> ml_collections.ConfigDict:
-    """A copy of ``config`` whose model shapes come from the dataset metadata."""
+def resolve_config(config: ml_collections.ConfigDict, train_meta: Any,
+                   example: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose model shapes come from the dataset: its metadata and, for data
+    capsules (HESC capsules mode), the shapes of one ``example``'s capsule arrays."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.seq_len = int(train_meta.seq_len)
     config.model.vocab_size = int(train_meta.vocab_size)
     config.model.num_puzzle_identifiers = int(train_meta.num_puzzle_identifiers)
+    if example is not None and config.model.get("mode") == "capsules" and "children" in example:
+        k, m, dim = np.shape(example["children"])  # [k, m, Dc]
+        config.model.update(dict(num_capsules=int(k), capsule_children=int(m), capsule_dim=int(dim),
+                                 checksum_dim=int(np.shape(example["checksums"])[-1])))
     return config
 
 
@@ -112,7 +118,10 @@ class Trainer:
         meta = prepare_data(config, rebuild_dataset)
         self.train_meta = meta["train"]
         self.has_eval = "test" in meta
-        self.config = resolve_config(config, self.train_meta)
+        example = None
+        if config.model.get("mode") == "capsules":  # the capsule arrays' shapes are the data's
+            example = dp.load(config.data.name, "train", config.data.data_dir or None, **dict(config.data.options))[0]
+        self.config = resolve_config(config, self.train_meta, example)
         self.lengths = schedule_lengths(self.config, self.train_meta)
         self.family = get_family(self.config.model.name)
         self.model_cfg = self.family.config_cls.from_any(self.config.model)
