@@ -157,7 +157,7 @@ def test_capsule_mode_predicts_masked_concepts_only():
 
 def test_invalid_combinations_are_refused():
     with pytest.raises(ConfigError, match="needs q_head_num_actions=3"):
-        HESCConfig.from_any({**BASE, "q_head_num_actions": 2})
+        HESCConfig.from_any({**BASE, "q_head_num_actions": 2, "enable_entropy_regularization": False})
     with pytest.raises(ConfigError, match="do not tile"):
         HESCConfig.from_any({**BASE, "capsule_regions": 4})
     with pytest.raises(ConfigError, match="does not match seq_len"):
