@@ -115,3 +115,17 @@ def test_resume_restores_buffer_and_memory_exactly(run, data_dir, tmp_path):
         for key in flat_a:
             np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=f"{part}/{key}")
     assert int(np.asarray(aux_a["replay"]["size"])) > 0 and np.asarray(aux_a["memory"]["filled"]).any()
+
+
+def test_solve_reads_a_hesc_run_with_its_memory_bank(run):
+    """trm_jax.solve on a HESC checkpoint: the memory bank comes back from Orbax as plain dicts and
+    must reach the model as a MemoryBank."""
+    from trm_jax import solve as solve_lib
+
+    solver = solve_lib.load_solver(run)
+    assert np.asarray(solver.aux["memory"]["filled"]).any()
+    batch = {"inputs": np.ones((2, 81), np.int32), "labels": np.ones((2, 81), np.int32),
+             "puzzle_identifiers": np.zeros(2, np.int32)}
+    trace = solver.run(batch)
+    assert trace.preds.shape == (2, 81) and trace.q_halt_per_step.shape == (2, 3)
+    assert np.isfinite(trace.q_halt_per_step).all()

@@ -99,10 +99,12 @@ def _sample(cfg: HESCConfig, replay: replay_lib.ReplayBuffer, key: jax.Array) ->
 
 
 def _memory_of(aux: Any) -> Optional[mem_lib.MemoryBank]:
-    """The memory bank of a train state's ``HESCAux`` or of a loaded checkpoint's ``{"memory": ...}``."""
-    if isinstance(aux, Mapping):
-        return aux.get("memory")
-    return getattr(aux, "memory", None)
+    """The memory bank of a train state's ``HESCAux``, or of a loaded checkpoint's ``{"memory": {...}}``
+    (read back from Orbax as plain dicts)."""
+    memory = aux.get("memory") if isinstance(aux, Mapping) else getattr(aux, "memory", None)
+    if isinstance(memory, Mapping):
+        memory = mem_lib.MemoryBank(**memory)
+    return memory
 
 
 class HESCObjective(Objective):
