@@ -125,12 +125,12 @@ def test_adaptive_hcycles_freeze_exited_rows():
     assert "while[" not in train_jaxpr and "scan[" in train_jaxpr  # training keeps the fixed, masked scan
 
 
-def test_capsule_mode_predicts_masked_concepts_only():
+def _capsule_model(**overrides):
+    """A capsules-mode HESC (k = 6 capsules of m = 3 children), its variables, a random batch and a memory bank."""
     k, m, Dc = 6, 3, 16
     cfg = HESCConfig.from_any({**BASE, "mode": "capsules", "seq_len": k, "num_capsules": k, "capsule_children": m,
                                "capsule_dim": Dc, "vocab_size": 20, "puzzle_emb_ndim": 0,
-                               "enable_hierarchical_attention": False})
-    model = HESC(cfg)
+                               "enable_hierarchical_attention": False, **overrides})
     rng = np.random.default_rng(0)
     B = 4
     batch = {"inputs": jnp.asarray(rng.integers(4, 20, (B, k)), jnp.int32),
@@ -142,7 +142,14 @@ def test_capsule_mode_predicts_masked_concepts_only():
     from trm_jax.hesc.memory import memory_init
 
     memory = memory_init(cfg.memory_capacity, cfg.hidden_size)
+    model = HESC(cfg)
     variables = model.init({"params": jax.random.PRNGKey(0)}, initial_carry(cfg, batch), batch, memory=memory)
+    return cfg, model, dict(variables), batch, memory
+
+
+def test_capsule_mode_predicts_masked_concepts_only():
+    cfg, model, variables, batch, memory = _capsule_model()
+    k, B = cfg.k, 4
     carry, out = model.apply(variables, initial_carry(cfg, batch), batch, train=False, memory=memory)
     target = np.asarray(carry.extras.capsule_target)
     labels = np.asarray(carry.current_data["labels"])
@@ -164,27 +171,6 @@ def test_invalid_combinations_are_refused():
         HESCConfig.from_any({**BASE, "capsule_grid": 5})
 
 
-def _capsule_model(**overrides):
-    k, m, Dc = 6, 3, 16
-    cfg = HESCConfig.from_any({**BASE, "mode": "capsules", "seq_len": k, "num_capsules": k, "capsule_children": m,
-                               "capsule_dim": Dc, "vocab_size": 20, "puzzle_emb_ndim": 0,
-                               "enable_hierarchical_attention": False, "capsule_mask_ratio": 0.5, **overrides})
-    rng = np.random.default_rng(0)
-    B = 4
-    batch = {"inputs": jnp.asarray(rng.integers(4, 20, (B, k)), jnp.int32),
-             "puzzle_identifiers": jnp.zeros((B,), jnp.int32),
-             "sketches": jnp.asarray(rng.normal(size=(B, k, Dc)), jnp.float32),
-             "children": jnp.asarray(rng.normal(size=(B, k, m, Dc)), jnp.float32),
-             "checksums": jnp.asarray(rng.normal(size=(B, k, 8)), jnp.float32)}
-    batch["labels"] = batch["inputs"]
-    from trm_jax.hesc.memory import memory_init
-
-    memory = memory_init(cfg.memory_capacity, cfg.hidden_size)
-    model = HESC(cfg)
-    variables = model.init({"params": jax.random.PRNGKey(0)}, initial_carry(cfg, batch), batch, memory=memory)
-    return cfg, model, _with_action_bias(dict(variables), [0.0, -5.0, 5.0]), batch, memory  # greedy: EXPAND
-
-
 def _run_steps(model, variables, batch, memory, train, n=3):
     """Every output and carry of ``n`` ACT steps (forced EXPAND), flattened to numpy."""
     cfg = model.config
@@ -200,7 +186,8 @@ def _run_steps(model, variables, batch, memory, train, n=3):
 def test_masked_capsules_never_reach_the_model(train):
     """Changing the content (sketches, children, checksums) of the masked target capsules changes no
     output and no carried state, over several steps in which every row EXPANDs."""
-    cfg, model, variables, batch, memory = _capsule_model()
+    cfg, model, variables, batch, memory = _capsule_model(capsule_mask_ratio=0.5)
+    variables = _with_action_bias(variables, [0.0, -5.0, 5.0])  # greedy policy: EXPAND
     rngs = {"masking": jax.random.PRNGKey(9)} if train else {}
     carry, _ = model.apply(variables, initial_carry(cfg, batch), batch, train=train, memory=memory, epsilon=0.0,
                            rngs={**rngs, "exploration": jax.random.PRNGKey(0)} if train else {})

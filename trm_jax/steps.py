@@ -58,11 +58,11 @@ class Objective:
         loss, metrics = act_loss(new_carry, outputs, cfg.loss_type)
         return loss, metrics, None
 
-    def update(self, cfg: Any, state: TrainState, params: Any, buffers: Any, carry: Any,
-               outputs: Mapping[str, Any], extra: Any, key: jax.Array,
-               total_steps: int) -> Tuple[Any, Any, Any, Any, Metrics]:
-        """After the optimizer step: ``(params, buffers, aux, carry, metrics)`` (the TRM: unchanged)."""
-        return params, buffers, state.aux, carry, {}
+    def update(self, cfg: Any, state: TrainState, params: Any, carry: Any, outputs: Mapping[str, Any],
+               extra: Any, key: jax.Array, total_steps: int) -> Tuple[Any, Any, Any, Any, Metrics]:
+        """After the optimizer step (``params`` new, ``state`` the step's input): ``(params, buffers,
+        aux, carry, metrics)`` (the TRM: unchanged)."""
+        return params, state.buffers, state.aux, carry, {}
 
     def eval_inputs(self, cfg: Any, aux: Any) -> Dict[str, Any]:
         """Keyword inputs of ``model.apply`` in evaluation (HESC: the memory bank, read-only)."""
@@ -127,7 +127,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, confi
         (_, (carry, outputs, metrics, extra)), grads = grad_fn(state.params, state, batch, key, inputs)
         params, opt_state, finite, opt_metrics = optimizer_step(tx, state, grads, carry, config, total_steps)
         params, buffers, aux, carry, aux_metrics = objective.update(
-            cfg, state, params, state.buffers, carry, jax.lax.stop_gradient(outputs), extra, key, total_steps)
+            cfg, state, params, carry, jax.lax.stop_gradient(outputs), extra, key, total_steps)
         carry = carry.replace(halted=carry.halted | ~finite)
         ema = optim.ema_update(state.ema_params, params, config.ema_rate) if use_ema else state.ema_params
         new_state = state.replace(step=state.step + 1, params=params, buffers=buffers, opt_state=opt_state,

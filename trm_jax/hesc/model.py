@@ -39,6 +39,7 @@ from trm_jax.hesc.vq import VectorQuantizer
 from trm_jax.losses import IGNORE_LABEL_ID
 from trm_jax.models.act import row_where
 from trm_jax.models.carry import ACTCarry
+from trm_jax.models.carry import initial_carry as trm_initial_carry
 from trm_jax.models.layers import casted_dense, trunc_normal_init
 from trm_jax.models.trm import TRM, TRMInner
 
@@ -384,8 +385,6 @@ class HESC(TRM):
 
 def initial_carry(cfg: HESCConfig, batch: Mapping[str, Any]) -> ACTCarry:
     """Every row halted; :class:`HESCExtras` sized for the batch (see docs/hesc.md)."""
-    from trm_jax.models.carry import initial_carry as trm_initial_carry
-
     carry = trm_initial_carry(cfg, batch)
     B = np.shape(batch["inputs"])[0]
     extras = HESCExtras(prev_accuracy=jnp.zeros((B,), jnp.float32))

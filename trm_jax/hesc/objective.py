@@ -154,8 +154,9 @@ class HESCObjective(Objective):
                                   dqn_weight=dqn_weight)
         return loss, metrics, td
 
-    def update(self, cfg: HESCConfig, state, params, buffers, carry, out, td, key, total_steps):
+    def update(self, cfg: HESCConfig, state, params, carry, out, td, key, total_steps):
         aux: HESCAux = state.aux
+        buffers = state.buffers
         sched = schedules(cfg, state.step, total_steps)
         metrics = {"dqn_epsilon": sched["epsilon"], "dqn_temperature": sched["temperature"],
                    "expansion_cost_per_child": sched["expansion_cost"]}
