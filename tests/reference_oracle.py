@@ -34,6 +34,26 @@ class OracleConfig:
     halt_max_steps: int = 4
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
+    # The architecture: "trm", "hrm", "trm_singlez", "trm_hier6" or "transformer".
+    arch: str = "trm"
+    H_layers: int = 0
+
+    @property
+    def levels(self) -> Dict[str, int]:
+        """Reasoning modules and their depths."""
+        return {"trm": {"L_level": self.L_layers}, "trm_singlez": {"L_level": self.L_layers},
+                "trm_hier6": {"L_level": self.L_layers},
+                "hrm": {"L_level": self.L_layers, "H_level": self.H_layers},
+                "transformer": {"H_level": self.H_layers}}[self.arch]
+
+    @property
+    def latents(self):
+        return {"trm": ("z_H", "z_L"), "hrm": ("z_H", "z_L"), "trm_singlez": ("z_L",),
+                "trm_hier6": ("z_H",) + tuple(f"z_L{i}" for i in range(1, 7)), "transformer": ("z_H",)}[self.arch]
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
     @property
     def P(self) -> int:
@@ -70,26 +90,28 @@ def random_state_dict(cfg: OracleConfig, seed: int = 0, branch_scale: float = 0.
         "inner.lm_head.weight": lin(cfg.vocab_size, D),
         "inner.q_head.weight": lin(2, D),
         "inner.q_head.bias": torch.randn(2, generator=g, dtype=torch.float64),
-        "inner.H_init": torch.randn(D, generator=g, dtype=torch.float64),
-        "inner.L_init": torch.randn(D, generator=g, dtype=torch.float64),
     }
+    for name in cfg.latents:
+        sd[f"inner.{name[2:]}_init"] = torch.randn(D, generator=g, dtype=torch.float64)
     if cfg.puzzle_emb_ndim > 0:
         sd["inner.puzzle_emb.weights"] = torch.randn(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim,
                                                      generator=g, dtype=torch.float64)
     if cfg.pos_encodings == "learned":
         sd["inner.embed_pos.embedding_weight"] = torch.randn(cfg.S, D, generator=g, dtype=torch.float64) / math.sqrt(D)
-    for i in range(cfg.L_layers):
-        p = f"inner.L_level.layers.{i}."
-        if cfg.mlp_t:
-            t_inner = inner_size(cfg.S, cfg.expansion)
-            sd[p + "mlp_t.gate_up_proj.weight"] = lin(2 * t_inner, cfg.S)
-            sd[p + "mlp_t.down_proj.weight"] = branch_scale * lin(cfg.S, t_inner)
-        else:
-            sd[p + "self_attn.qkv_proj.weight"] = lin(3 * D, D)
-            sd[p + "self_attn.o_proj.weight"] = branch_scale * lin(D, D)
-        d_inner = inner_size(D, cfg.expansion)
-        sd[p + "mlp.gate_up_proj.weight"] = lin(2 * d_inner, D)
-        sd[p + "mlp.down_proj.weight"] = branch_scale * lin(D, d_inner)
+    HK = cfg.num_heads * cfg.head_dim
+    for level, n_layers in cfg.levels.items():
+        for i in range(n_layers):
+            p = f"inner.{level}.layers.{i}."
+            if cfg.mlp_t:
+                t_inner = inner_size(cfg.S, cfg.expansion)
+                sd[p + "mlp_t.gate_up_proj.weight"] = lin(2 * t_inner, cfg.S)
+                sd[p + "mlp_t.down_proj.weight"] = branch_scale * lin(cfg.S, t_inner)
+            else:
+                sd[p + "self_attn.qkv_proj.weight"] = lin(3 * HK, D)
+                sd[p + "self_attn.o_proj.weight"] = branch_scale * lin(D, HK)
+            d_inner = inner_size(D, cfg.expansion)
+            sd[p + "mlp.gate_up_proj.weight"] = lin(2 * d_inner, D)
+            sd[p + "mlp.down_proj.weight"] = branch_scale * lin(D, d_inner)
     # Round to float32 so the float32 model and the float64 oracle hold the same numbers.
     return {k: v.float().double() for k, v in sd.items()}
 
@@ -104,7 +126,7 @@ def swiglu(x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
 
 
 def rope_tables(cfg: OracleConfig):
-    hd = cfg.hidden_size // cfg.num_heads
+    hd = cfg.head_dim
     inv = 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
     ang = torch.arange(cfg.S, dtype=torch.float64)[:, None] * inv[None, :]  # [S, hd/2]
     return torch.cos(ang), torch.sin(ang)
@@ -120,18 +142,18 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def attention(x: Tensor, w_qkv: Tensor, w_o: Tensor, cfg: OracleConfig, rope) -> Tensor:
     B, S, D = x.shape
-    H, hd = cfg.num_heads, D // cfg.num_heads
+    H, hd = cfg.num_heads, cfg.head_dim
     qkv = (x @ w_qkv.T).view(B, S, 3, H, hd)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if rope is not None:
         q, k = rotate(q, *rope), rotate(k, *rope)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
     out = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), v)
-    return out.reshape(B, S, D) @ w_o.T
+    return out.reshape(B, S, H * hd) @ w_o.T
 
 
-def block(sd: Dict[str, Tensor], i: int, h: Tensor, cfg: OracleConfig, rope) -> Tensor:
-    p = f"inner.L_level.layers.{i}."
+def block(sd: Dict[str, Tensor], i: int, h: Tensor, cfg: OracleConfig, rope, level: str = "L_level") -> Tensor:
+    p = f"inner.{level}.layers.{i}."
     eps = cfg.rms_norm_eps
     if cfg.mlp_t:
         hT = h.transpose(1, 2)  # [B, D, S]: mix tokens, normalise over the sequence axis
@@ -142,10 +164,12 @@ def block(sd: Dict[str, Tensor], i: int, h: Tensor, cfg: OracleConfig, rope) -> 
     return rms_norm(h + swiglu(h, sd[p + "mlp.gate_up_proj.weight"], sd[p + "mlp.down_proj.weight"]), eps)
 
 
-def f(sd, h, inj, cfg, rope):
-    h = h + inj
-    for i in range(cfg.L_layers):
-        h = block(sd, i, h, cfg, rope)
+def f(sd, h, inj, cfg, rope, level: str = "L_level"):
+    """A reasoning module: ``blocks(h + inj)`` (``inj`` None: ``blocks(h)``)."""
+    if inj is not None:
+        h = h + inj
+    for i in range(cfg.levels[level]):
+        h = block(sd, i, h, cfg, rope, level)
     return h
 
 
@@ -238,3 +262,100 @@ def random_batch(cfg: OracleConfig, batch_size: int, seed: int = 0, ignore_frac:
     pids = torch.randint(0, cfg.num_puzzle_identifiers, (batch_size,), generator=g, dtype=torch.int32)
     return {"inputs": inputs, "labels": labels, "puzzle_identifiers": pids}
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Every architecture of the reference (docs/architecture.md#variants), from its equations.
+
+def _graded(last: bool, stop_early: bool):
+    return torch.set_grad_enabled(torch.is_grad_enabled() and (last or not stop_early))
+
+
+def arch_inner(sd, cfg: OracleConfig, z: Dict[str, Tensor], inputs: Tensor, puzzle_ids: Tensor,
+               stop_early: bool = True):
+    """One recursion step of ``cfg.arch``: ``(z, logits, q_halt, q_continue)``; ``stop_early``: the
+    reference's no-gradient updates (False: differentiate every update)."""
+    rope = rope_tables(cfg) if cfg.pos_encodings == "rope" else None
+    x = input_embeddings(sd, cfg, inputs, puzzle_ids)
+    H, L = cfg.H_cycles, cfg.L_cycles
+    z = dict(z)
+    if cfg.arch == "transformer":
+        z["z_H"] = f(sd, z["z_H"], x, cfg, rope, "H_level")
+        out = z["z_H"]
+    elif cfg.arch == "hrm":
+        # Only the very last L update and the very last H update carry gradient.
+        for h in range(H):
+            for l_step in range(L):
+                with _graded(h == H - 1 and l_step == L - 1, stop_early):
+                    z["z_L"] = f(sd, z["z_L"], z["z_H"] + x, cfg, rope, "L_level")
+            with _graded(h == H - 1, stop_early):
+                z["z_H"] = f(sd, z["z_H"], z["z_L"], cfg, rope, "H_level")
+        out = z["z_H"]
+    elif cfg.arch == "trm_singlez":
+        for h in range(H):
+            with _graded(h == H - 1, stop_early):
+                for _ in range(L):
+                    z["z_L"] = f(sd, z["z_L"] + x, None, cfg, rope)
+                z["z_L"] = f(sd, z["z_L"], None, cfg, rope)
+        out = z["z_L"]
+    elif cfg.arch == "trm_hier6":
+        names = [f"z_L{i}" for i in range(1, 7)]
+        for h in range(H):
+            with _graded(h == H - 1, stop_early):
+                for l_step in range(L):
+                    total = z[names[0]]
+                    for n in names[1:]:
+                        total = total + z[n]
+                    z[names[l_step]] = f(sd, total, z["z_H"] + x, cfg, rope)
+                total = z[names[0]]
+                for n in names[1:]:
+                    total = total + z[n]
+                z["z_H"] = f(sd, z["z_H"], total, cfg, rope)
+        out = z["z_H"]
+    else:
+        z["z_H"], z["z_L"], *_ = inner(sd, cfg, z["z_H"], z["z_L"], inputs, puzzle_ids, stop_early)
+        out = z["z_H"]
+    logits = (out @ sd["inner.lm_head.weight"].T)[:, cfg.P:]
+    q = out[:, 0] @ sd["inner.q_head.weight"].T + sd["inner.q_head.bias"]
+    return {k: v.detach() for k, v in z.items()}, logits, q[:, 0], q[:, 1]
+
+
+def arch_initial_carry(cfg: OracleConfig, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    B = batch["inputs"].shape[0]
+    z = {n: torch.zeros(B, cfg.S, cfg.hidden_size, dtype=torch.float64) for n in cfg.latents}
+    return {"z": z, "steps": torch.zeros(B, dtype=torch.int32), "halted": torch.ones(B, dtype=torch.bool),
+            "data": {k: torch.zeros_like(v) for k, v in batch.items()}}
+
+
+def arch_act_step(sd, cfg: OracleConfig, carry, batch, halt_rule: str = "max", bootstrap: bool = False):
+    """One ACT step without exploration: reset halted rows, recurse, halt at ``halt_max_steps``
+    (``halt_rule`` "q": also where ``q_halt > q_continue``); ``bootstrap``: the target of the continue
+    logit from a second forward of the new state."""
+    halted = carry["halted"]
+    D = cfg.hidden_size
+    z = {n: torch.where(halted[:, None, None], sd[f"inner.{n[2:]}_init"].expand(1, 1, D), v)
+         for n, v in carry["z"].items()}
+    data = {k: torch.where(halted.view(-1, *([1] * (v.ndim - 1))), batch[k], v) for k, v in carry["data"].items()}
+    steps = torch.where(halted, 0, carry["steps"]) + 1
+    z, logits, q_halt, q_cont = arch_inner(sd, cfg, z, data["inputs"], data["puzzle_identifiers"])
+    is_last = steps >= cfg.halt_max_steps
+    new_halted = is_last | (q_halt > q_cont) if halt_rule == "q" else is_last
+    out = {"logits": logits, "q_halt": q_halt, "q_continue": q_cont}
+    if bootstrap:
+        _, _, nq_halt, nq_cont = arch_inner(sd, cfg, z, data["inputs"], data["puzzle_identifiers"])
+        out["target_q_continue"] = torch.sigmoid(torch.where(is_last, nq_halt, torch.maximum(nq_halt, nq_cont)))
+    return {"z": z, "steps": steps, "halted": new_halted, "data": data}, out
+
+
+def arch_model_config(ocfg: OracleConfig, **kw) -> dict:
+    """The trm_jax model section equal to an oracle config (float32 forward), any architecture."""
+    cfg = model_config(ocfg)
+    cfg["name"] = ocfg.arch
+    if ocfg.arch == "hrm":
+        cfg["H_layers"] = ocfg.H_layers
+    if ocfg.arch == "transformer":
+        for key in ("L_cycles", "L_layers", "mlp_t", "puzzle_emb_len"):
+            cfg.pop(key)
+        cfg.update(H_cycles=1, H_layers=ocfg.H_layers)
+    cfg.update(kw)
+    return cfg

@@ -60,7 +60,7 @@ def _fake_step(B=5, L=7, V=6, seed=0):
     q_cont = rng.standard_normal(B).astype(np.float32)
     halted = np.array([True, True, False, True, True])[:B]
     steps = rng.integers(1, 5, B).astype(np.int32)
-    carry = trm_jax.ACTCarry(z_H=jnp.zeros((B, 1, 1)), z_L=jnp.zeros((B, 1, 1)), steps=jnp.asarray(steps),
+    carry = trm_jax.ACTCarry(z={"z_H": jnp.zeros((B, 1, 1)), "z_L": jnp.zeros((B, 1, 1))}, steps=jnp.asarray(steps),
                              halted=jnp.asarray(halted), current_data={"labels": jnp.asarray(labels, jnp.int32)})
     outputs = {"logits": jnp.asarray(logits), "q_halt_logits": jnp.asarray(q_halt),
                "q_continue_logits": jnp.asarray(q_cont)}

@@ -133,7 +133,7 @@ def test_nan_guard_skips_a_poisoned_step():
     state, m = step(state, batch)  # a good step: rows now carry state
     assert m["skipped_steps"] == 0
     before = jax.tree.map(np.asarray, state.params)
-    poisoned = state.replace(carry=state.carry.replace(z_H=state.carry.z_H.at[0, 0, 0].set(jnp.nan)))
+    poisoned = state.replace(carry=state.carry.replace(z={**state.carry.z, "z_H": state.carry.z_H.at[0, 0, 0].set(jnp.nan)}))
     state, m = step(poisoned, batch)
     assert m["skipped_steps"] == 1 and m["consecutive_skipped"] == 1
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):

@@ -1,9 +1,10 @@
 """Model families the trainer can run: ``config.model.name`` picks one.
 
 A family is a ``(model, objective)`` pair and its config class: the model is the TRM or a
-subclass of it (HESC, trm_jax/hesc/model.py), the objective what the family adds to the one
-train step and evaluation (:class:`trm_jax.steps.Objective`). Every family runs through the same
-step, loop, checkpoints, sharding and logging (docs/architecture.md#families).
+subclass of it (the reference's other architectures in trm_jax/models/, HESC in
+trm_jax/hesc/model.py), the objective what the family adds to the one train step and evaluation
+(:class:`trm_jax.steps.Objective`). Every family runs through the same step, loop, checkpoints,
+sharding and logging (docs/architecture.md#families).
 """
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from typing import Any, Callable, Dict
 @dataclasses.dataclass(frozen=True)
 class Family:
     """``config_cls`` (typed, strict), ``model_cls`` (a ``flax.linen.Module`` taking the config) and
-    ``objective``; ``loads_torch``: whether ``--restore_from`` accepts a PyTorch reference checkpoint."""
+    ``objective``; ``loads_torch``: whether ``--restore_from`` accepts a PyTorch reference checkpoint;
+    ``reference``: the reference class it reimplements."""
 
     name: str
     config_cls: Any
     model_cls: Any
     objective: Any
     loads_torch: bool = False
+    reference: str = ""
 
     def build_model(self, model_cfg: Any) -> Any:
         """The model as a ``flax.linen.Module`` from a config (ConfigDict, dict or typed)."""
@@ -31,7 +34,38 @@ def _trm() -> Family:
     from trm_jax.models import TRM, TRMConfig
     from trm_jax.steps import Objective
 
-    return Family("trm", TRMConfig, TRM, Objective(), loads_torch=True)
+    return Family("trm", TRMConfig, TRM, Objective(), True, "trm@TinyRecursiveReasoningModel_ACTV1")
+
+
+def _hrm() -> Family:
+    from trm_jax.models.hrm import HRM, HRMConfig
+    from trm_jax.steps import Objective
+
+    return Family("hrm", HRMConfig, HRM, Objective(), True, "hrm@HierarchicalReasoningModel_ACTV1")
+
+
+def _trm_singlez() -> Family:
+    from trm_jax.models.trm_singlez import SingleZConfig, SingleZTRM
+    from trm_jax.steps import Objective
+
+    return Family("trm_singlez", SingleZConfig, SingleZTRM, Objective(), True,
+                  "trm_singlez@TinyRecursiveReasoningModel_ACTV1")
+
+
+def _trm_hier6() -> Family:
+    from trm_jax.models.trm_hier6 import Hier6Config, Hier6TRM
+    from trm_jax.steps import Objective
+
+    return Family("trm_hier6", Hier6Config, Hier6TRM, Objective(), True,
+                  "trm_hier6@TinyRecursiveReasoningModel_ACTV1")
+
+
+def _transformer() -> Family:
+    from trm_jax.models.transformer import Transformer, TransformerConfig
+    from trm_jax.steps import Objective
+
+    return Family("transformer", TransformerConfig, Transformer, Objective(), True,
+                  "transformers_baseline@Model_ACTV2")
 
 
 def _hesc() -> Family:
@@ -42,7 +76,16 @@ def _hesc() -> Family:
     return Family("hesc", HESCConfig, HESC, HESCObjective())
 
 
-_FAMILIES: Dict[str, Callable[[], Family]] = {"trm": _trm, "hesc": _hesc}
+_FAMILIES: Dict[str, Callable[[], Family]] = {
+    "trm": _trm, "hrm": _hrm, "trm_singlez": _trm_singlez, "trm_hier6": _trm_hier6,
+    "transformer": _transformer, "hesc": _hesc,
+}
+# The reference's architectures (``from_torch`` / ``to_torch``, ``configs/*.py:<name>`` variants).
+ARCHITECTURES = ("trm", "hrm", "trm_singlez", "trm_hier6", "transformer")
+
+
+def family_names() -> tuple:
+    return tuple(_FAMILIES)
 
 
 def get_family(name: str) -> Family:
@@ -54,13 +97,10 @@ def get_family(name: str) -> Family:
 
 def family_of(model_cfg: Any) -> Family:
     """The family of a typed model config, or of a model section by its ``name`` (default ``"trm"``)."""
-    from trm_jax.hesc.config import HESCConfig
-    from trm_jax.models.config import TRMConfig
-
-    if isinstance(model_cfg, HESCConfig):
-        return get_family("hesc")
-    if isinstance(model_cfg, TRMConfig):
-        return get_family("trm")
+    for name in _FAMILIES:
+        family = get_family(name)
+        if type(model_cfg) is family.config_cls:
+            return family
     name = model_cfg.get("name", "trm") if hasattr(model_cfg, "get") else "trm"
     return get_family(str(name))
 

@@ -1,4 +1,8 @@
-"""Convert between PyTorch reference TRM state dicts and Flax variables.
+"""Convert between PyTorch reference state dicts and Flax variables, for every architecture.
+
+The TRM, HRM, single-z TRM, 6-level TRM and transformer baseline share the key scheme (the
+HRM's and the baseline's ``inner.H_level.layers.N...``, the latents' ``inner.L1_init`` ... follow
+the same rule); the model config (its ``name``) says which tree to expect.
 
 Key mapping (after stripping ``_orig_mod.`` / ``model.`` prefixes), one rule
 for every leaf of the Flax tree:
@@ -27,7 +31,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from trm_jax.models.config import TRMConfig
+from trm_jax.models.config import ModelConfig
 from trm_jax.pt_format import load_pt, save_pt
 
 _STRIP_PREFIXES = ("_orig_mod.", "model.")
@@ -38,6 +42,13 @@ REFERENCE_PREFIX = "_orig_mod.model."
 
 class StateDictError(ValueError):
     """A state dict that does not match the model config (lists every problem)."""
+
+
+def _typed(model_cfg: Any) -> ModelConfig:
+    """The typed config of any architecture (a model section's ``name`` picks it; default the TRM)."""
+    from trm_jax.families import family_of
+
+    return family_of(model_cfg).config_cls.from_any(model_cfg)
 
 
 def _strip(key: str) -> str:
@@ -62,7 +73,7 @@ def _torch_key(path: Tuple[str, ...]) -> Tuple[str, bool]:
     return ".".join(parts + [leaf]), transpose
 
 
-def _expected_leaves(cfg: TRMConfig) -> Dict[Tuple[str, ...], jax.ShapeDtypeStruct]:
+def _expected_leaves(cfg: ModelConfig) -> Dict[Tuple[str, ...], jax.ShapeDtypeStruct]:
     from trm_jax.models.trm import init_variables
 
     shapes = jax.eval_shape(lambda k: init_variables(cfg, k), jax.random.PRNGKey(0))
@@ -110,7 +121,7 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, os.PathLike], model_cfg
       trm_jax.pt_format.PtFormatError: the file is not a readable PyTorch checkpoint.
       StateDictError: listing every missing key, unexpected key and shape mismatch.
     """
-    cfg = TRMConfig.from_any(model_cfg)
+    cfg = _typed(model_cfg)
     stripped: Dict[str, Any] = {}
     for key, value in _load_state_dict(state_dict, trust_pickle).items():
         stripped[_strip(key)] = value
@@ -150,7 +161,7 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, os.PathLike], model_cfg
     return variables
 
 
-def _numpy_state_dict(variables: Mapping[str, Any], cfg: TRMConfig, prefix: str,
+def _numpy_state_dict(variables: Mapping[str, Any], cfg: ModelConfig, prefix: str,
                       buffer_dtype: Any) -> "OrderedDict[str, np.ndarray]":
     """Reference keys -> C-contiguous NumPy arrays (parameters float32, buffers ``buffer_dtype``)."""
     flat = jax.tree_util.tree_flatten_with_path(dict(variables))[0]
@@ -176,7 +187,7 @@ def to_torch(variables: Mapping[str, Any], model_cfg: Any, prefix: str = REFEREN
     arrays with ``as_numpy=True`` (bfloat16 buffers are then given as float32).
     To write a ``.pt`` file without torch use :func:`save_torch`.
     """
-    cfg = TRMConfig.from_any(model_cfg)
+    cfg = _typed(model_cfg)
     arrays = _numpy_state_dict(variables, cfg, prefix, np.float32)
     if as_numpy:
         return arrays
@@ -203,6 +214,6 @@ def save_torch(variables: Mapping[str, Any], model_cfg: Any, path: Union[str, os
     ``model.load_state_dict(torch.load(path, weights_only=True))``, and :func:`from_torch`
     reads it back.
     """
-    cfg = TRMConfig.from_any(model_cfg)
+    cfg = _typed(model_cfg)
     dtype = ml_dtypes.bfloat16 if cfg.forward_dtype == "bfloat16" else np.dtype(cfg.forward_dtype)
     save_pt(_numpy_state_dict(variables, cfg, prefix, dtype), path)

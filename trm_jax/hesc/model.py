@@ -190,7 +190,7 @@ class HESCInner(TRMInner):
 
     def after_h_update(self, old, new, cycle_state, rctx):
         cfg = self.cfg
-        (z_H, z_L), (z_H_new, z_L_new) = old, new
+        (z_H, z_L), (z_H_new, z_L_new) = (old["z_H"], old["z_L"]), (new["z_H"], new["z_L"])
         exited, cycles = cycle_state
         stats: Dict[str, Any] = {}
         if cfg.enable_vq:
@@ -202,12 +202,12 @@ class HESCInner(TRMInner):
             z_H_new, stats["memory"] = self.reader(z_H_new, rctx["memory"])
             z_H_new = z_H_new.astype(z_H.dtype)
         if not cfg.enable_adaptive_hcycles:
-            return (z_H_new, z_L_new, (exited, cycles + 1)), stats
+            return ({"z_H": z_H_new, "z_L": z_L_new}, (exited, cycles + 1)), stats
         keep = ~exited
         z_H = jnp.where(keep[:, None, None], z_H_new, z_H)
         z_L = jnp.where(keep[:, None, None], z_L_new, z_L)
         confident = jax.lax.stop_gradient(self.halt_value(z_H, rctx["rnn_state"])) > cfg.hcycle_confidence_threshold
-        return (z_H, z_L, (exited | confident, cycles + keep.astype(jnp.int32))), stats
+        return ({"z_H": z_H, "z_L": z_L}, (exited | confident, cycles + keep.astype(jnp.int32))), stats
 
     def merge_cycle_stats(self, early, last):
         """Counts summed over every H-cycle; losses and reads from the last (differentiated) cycle."""

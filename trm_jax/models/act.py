@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from trm_jax.models.carry import ACTCarry
-from trm_jax.models.config import TRMConfig
+from trm_jax.models.config import ModelConfig
 
 
 def row_where(mask_B: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -21,18 +21,18 @@ def row_where(mask_B: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.where(mask_B.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
 
-def halting_decision(steps_B: jax.Array, wants_halt_B: jax.Array, cfg: TRMConfig, train: bool,
-                     rng: Optional[jax.Array], adaptive: bool = False) -> jax.Array:
+def halting_decision(steps_B: jax.Array, wants_halt_B: jax.Array, cfg: ModelConfig, train: bool,
+                     rng: Optional[jax.Array], active: bool) -> jax.Array:
     """Which rows halt after this step (``[B] bool``).
 
-    Evaluation: exactly ``halt_max_steps`` steps (``adaptive``: or earlier, where the policy
-    wants to halt). Training with ACT: also where the policy wants to halt (``wants_halt``: the
-    TRM's ``q_halt > 0`` or ``q_halt > q_continue``; HESC's HALT action), except that with
-    probability ``halt_exploration_prob`` a row draws ``min_steps ~ U{2..max}`` and may not halt
-    earlier.
+    Always at ``halt_max_steps``. Where the policy is ``active`` (the model's
+    ``halting_active``: training with ACT, an adaptive evaluation) also where it wants to halt
+    (``wants_halt``: the TRM's ``q_halt > 0`` or ``q_halt > q_continue``; HESC's HALT action),
+    except that while training, with probability ``halt_exploration_prob``, a row draws
+    ``min_steps ~ U{2..max}`` and may not halt earlier.
     """
     halted = steps_B >= cfg.halt_max_steps
-    if cfg.halt_max_steps == 1 or not (train or adaptive):
+    if not active:
         return halted
     halted = halted | wants_halt_B
     if train and cfg.halt_exploration_prob > 0:
@@ -51,13 +51,14 @@ def act_step(model: Any, inner: Any, carry: ACTCarry, batch: Mapping[str, jax.Ar
              inputs: Optional[Mapping[str, Any]] = None) -> Tuple[ACTCarry, Dict[str, Any]]:
     """Advance every row by one supervision step.
 
-    ``model`` supplies the hooks ``begin_step`` / ``wants_halt`` / ``end_step`` (the TRM's do
-    nothing beyond the reference; HESC's carry capsules, actions and expansions), ``inner`` the
-    recursion ``(z_H, z_L, data, reset, ctx) -> (z_H, z_L, outputs)``.
+    ``model`` supplies the hooks ``halting_active`` / ``bootstraps_q`` / ``begin_step`` /
+    ``wants_halt`` / ``end_step`` (the TRM's do nothing beyond the reference; HESC's carry capsules,
+    actions and expansions), ``inner`` the recursion ``(z, data, reset, ctx) -> (z, outputs)``.
 
     Returns the new carry (hidden states under ``stop_gradient``) and the outputs: at least
-    ``logits [B, seq_len, V]``, ``q_halt_logits [B]``, ``q_continue_logits [B]`` and, when
-    ``no_ACT_continue`` is false and training, the bootstrapped ``target_q_continue [B]``.
+    ``logits [B, seq_len, V]``, ``q_halt_logits [B]``, ``q_continue_logits [B]`` and, where the
+    model bootstraps its continue logit (TRM: ``no_ACT_continue`` false, training), the
+    ``target_q_continue [B]``.
     """
     cfg = model.config
     inputs = dict(inputs or {})
@@ -66,17 +67,20 @@ def act_step(model: Any, inner: Any, carry: ACTCarry, batch: Mapping[str, jax.Ar
     data = {k: row_where(reset, batch[k], v) for k, v in carry.current_data.items()}
     extras, data, ctx = model.begin_step(carry.extras, data, reset, train, inputs)
 
-    z_H, z_L, outputs = inner(carry.z_H, carry.z_L, data, reset, ctx, train)
-    z_H, z_L = jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L)
+    z, outputs = inner(carry.z, data, reset, ctx, train)
+    z = jax.lax.stop_gradient(z)
 
     steps = steps + 1
-    halted = halting_decision(steps, model.wants_halt(outputs, train, inputs), cfg, train, rng, adaptive)
-    if train and cfg.halt_max_steps > 1 and not cfg.no_ACT_continue:
+    halted = halting_decision(steps, model.wants_halt(outputs, train, inputs), cfg, train, rng,
+                              model.halting_active(train, adaptive))
+    if model.bootstraps_q(train):
         # Bootstrapped target from a second forward of the new state (no replay
         # buffer or target network, as in the reference / PQN).
-        _, _, nxt = inner(z_H, z_L, data, None, ctx, train)
+        _, nxt = inner(z, data, None, ctx, train)
         is_last = steps >= cfg.halt_max_steps
         target = jnp.where(is_last, nxt["q_halt_logits"], jnp.maximum(nxt["q_halt_logits"], nxt["q_continue_logits"]))
         outputs["target_q_continue"] = jax.lax.stop_gradient(jax.nn.sigmoid(target))
-    extras, z_H, outputs = model.end_step(extras, z_H, data, outputs, halted, ctx)
-    return ACTCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, current_data=data, extras=extras), outputs
+    out_name = cfg.OUTPUT_LATENT
+    extras, z_out, outputs = model.end_step(extras, z[out_name], data, outputs, halted, ctx)
+    z = {**z, out_name: z_out}
+    return ACTCarry(z=z, steps=steps, halted=halted, current_data=data, extras=extras), outputs

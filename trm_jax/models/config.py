@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, ClassVar, Dict, FrozenSet, List, Mapping, Union
+from typing import Any, ClassVar, Dict, FrozenSet, List, Mapping, Tuple, Union
 
 import jax.numpy as jnp
 
@@ -23,8 +23,12 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TRMConfig:
-    """Hyper-parameters of the TRM (reference ``TinyRecursiveReasoningModel_ACTV1Config``)."""
+class ModelConfig:
+    """The fields every architecture of the family shares: embeddings, blocks, ACT halting, dtype.
+
+    The reference's architectures (TRM, HRM, single-z and 6-level TRM, transformer baseline) each
+    add their own recursion fields in a subclass (docs/architecture.md#variants).
+    """
 
     seq_len: int
     vocab_size: int
@@ -32,20 +36,13 @@ class TRMConfig:
     hidden_size: int = 512
     num_heads: int = 8
     expansion: float = 4.0
-    H_cycles: int = 3
-    L_cycles: int = 6
-    H_layers: int = 0  # must be 0: kept so the reference's arch yaml (which carries it for the HRM) maps over
-    L_layers: int = 2
     puzzle_emb_ndim: int = 512
-    puzzle_emb_len: int = 16
     pos_encodings: str = "rope"
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.1
     forward_dtype: str = "bfloat16"
-    mlp_t: bool = False
-    no_ACT_continue: bool = True
     loss_type: str = "stablemax_cross_entropy"
     remat: str = "dots"  # "none", "dots", "dots_no_batch" or "full": activations kept per block for backward
     attention_impl: str = "auto"  # "auto", "xla" or "cudnn" (layers.resolve_attention_impl)
@@ -54,18 +51,30 @@ class TRMConfig:
     # ``name`` picks the family (trm_jax/families.py). Anything else that is not a field is refused.
     NON_MODEL_KEYS: ClassVar[FrozenSet[str]] = frozenset({"name"})
     # The family name used in error messages.
-    FAMILY: ClassVar[str] = "TRM"
+    FAMILY: ClassVar[str] = "model"
+    # Fields that must be >= 1.
+    POSITIVE_FIELDS: ClassVar[Tuple[str, ...]] = ("seq_len", "vocab_size", "hidden_size", "num_heads",
+                                                  "halt_max_steps", "num_puzzle_identifiers")
+    # The latent states the ACT carry holds, by the reference's inner-carry names; each is reset to a
+    # fixed random buffer named after it (``z_H`` -> ``H_init``, ``z_L1`` -> ``L1_init``).
+    LATENTS: ClassVar[Tuple[str, ...]] = ("z_H",)
+    # The latent the output heads read.
+    OUTPUT_LATENT: ClassVar[str] = "z_H"
 
     def __post_init__(self) -> None:
-        errors = type(self).refused_values(self.__dict__)
-        for name in ("seq_len", "vocab_size", "hidden_size", "num_heads", "H_cycles", "L_cycles",
-                     "L_layers", "halt_max_steps", "num_puzzle_identifiers"):
-            if int(getattr(self, name)) < 1:
-                errors.append(f"{name}={getattr(self, name)} must be >= 1")
-        if self.hidden_size % max(self.num_heads, 1):
-            errors.append(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        elif self.pos_encodings == "rope" and (self.hidden_size // max(self.num_heads, 1)) % 2:
-            errors.append("rope needs an even head dim (hidden_size/num_heads)")
+        errors = type(self).refused_values(self.__dict__) + self.value_errors()
+        if errors:
+            raise ConfigError("invalid model config: " + "; ".join(errors))
+
+    def value_errors(self) -> List[str]:
+        """Messages for invalid values (a subclass extends this with its own fields)."""
+        errors = [f"{name}={getattr(self, name)} must be >= 1" for name in type(self).POSITIVE_FIELDS
+                  if int(getattr(self, name)) < 1]
+        head_dim = self.hidden_size // max(self.num_heads, 1)
+        if head_dim < 1:
+            errors.append(f"hidden_size={self.hidden_size} is smaller than num_heads={self.num_heads}")
+        elif self.pos_encodings == "rope" and head_dim % 2:
+            errors.append(f"rope needs an even head dim (hidden_size // num_heads = {head_dim})")
         if self.pos_encodings not in _POS_ENCODINGS:
             errors.append(f"pos_encodings={self.pos_encodings!r} not in {_POS_ENCODINGS}")
         if self.forward_dtype not in _DTYPES:
@@ -76,15 +85,19 @@ class TRMConfig:
             errors.append(f"remat={self.remat!r} not in ('none', 'dots', 'dots_no_batch', 'full')")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             errors.append(f"attention_impl={self.attention_impl!r} not in ('auto', 'xla', 'cudnn')")
-        if self.puzzle_emb_ndim < 0 or self.puzzle_emb_len < 0:
+        if self.puzzle_emb_ndim < 0 or self.puzzle_emb_len_setting < 0:
             errors.append("puzzle_emb_ndim and puzzle_emb_len must be >= 0")
         elif self.puzzle_emb_ndim > self.puzzle_len * self.hidden_size:
             errors.append(f"puzzle_emb_ndim={self.puzzle_emb_ndim} exceeds puzzle_emb_len*hidden_size="
                           f"{self.puzzle_len * self.hidden_size}")
         if not 0.0 <= self.halt_exploration_prob <= 1.0:
             errors.append(f"halt_exploration_prob={self.halt_exploration_prob} not in [0, 1]")
-        if errors:
-            raise ConfigError("invalid model config: " + "; ".join(errors))
+        return errors
+
+    @property
+    def puzzle_emb_len_setting(self) -> int:
+        """The configured prefix length (0: from ``puzzle_emb_ndim``); architectures without the field take 0."""
+        return int(getattr(self, "puzzle_emb_len", 0))
 
     @property
     def puzzle_len(self) -> int:
@@ -97,8 +110,8 @@ class TRMConfig:
         """
         if self.puzzle_emb_ndim == 0:
             return 0
-        if self.puzzle_emb_len:
-            return self.puzzle_emb_len
+        if self.puzzle_emb_len_setting:
+            return self.puzzle_emb_len_setting
         return -(self.puzzle_emb_ndim // -self.hidden_size)
 
     @property
@@ -128,14 +141,7 @@ class TRMConfig:
         reference's field names are kept so its configs map over, but a value this model
         does not implement must not be accepted and silently ignored.
         """
-        errors = []
-        h_layers = values.get("H_layers", 0)
-        if h_layers != 0:
-            model = "the TRM" if cls.FAMILY == "TRM" else f"{cls.FAMILY} (built on the TRM)"
-            errors.append(f"H_layers={h_layers}: {model} has no separate H module (one network of "
-                          "L_layers blocks updates both z_L and z_H; the HRM is the model with an H module), "
-                          "so H_layers must be 0; set the depth with L_layers")
-        return errors
+        return []
 
     @classmethod
     def check_fields(cls, cfg: Union[Mapping[str, Any], Any]) -> None:
@@ -192,7 +198,7 @@ class TRMConfig:
         return ""
 
     @classmethod
-    def from_any(cls, cfg: Union["TRMConfig", Mapping[str, Any], Any]) -> "TRMConfig":
+    def from_any(cls, cfg: Union["ModelConfig", Mapping[str, Any], Any]) -> Any:
         """Build from a TRMConfig, a dict or an ``ml_collections.ConfigDict``.
 
         Every key must be a field of this class or one of ``NON_MODEL_KEYS`` (the family's
@@ -218,6 +224,35 @@ class TRMConfig:
         if missing:
             raise ConfigError(f"model config is missing required fields: {missing}")
         return cls(**kwargs)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TRMConfig(ModelConfig):
+    """Hyper-parameters of the TRM (reference ``TinyRecursiveReasoningModel_ACTV1Config``)."""
+
+    H_cycles: int = 3
+    L_cycles: int = 6
+    H_layers: int = 0  # must be 0: kept so the reference's arch yaml (which carries it for the HRM) maps over
+    L_layers: int = 2
+    puzzle_emb_len: int = 16
+    mlp_t: bool = False
+    no_ACT_continue: bool = True
+
+    FAMILY: ClassVar[str] = "TRM"
+    POSITIVE_FIELDS: ClassVar[Tuple[str, ...]] = ModelConfig.POSITIVE_FIELDS + ("H_cycles", "L_cycles", "L_layers")
+    LATENTS: ClassVar[Tuple[str, ...]] = ("z_H", "z_L")
+
+    @classmethod
+    def refused_values(cls, values: Mapping[str, Any]) -> List[str]:
+        errors = super().refused_values(values)
+        h_layers = values.get("H_layers", 0)
+        if h_layers != 0:
+            model = "the TRM" if cls.FAMILY == "TRM" else f"{cls.FAMILY} (built on the TRM)"
+            errors.append(f"H_layers={h_layers}: {model} has no separate H module (one network of "
+                          "L_layers blocks updates both z_L and z_H; the HRM, name='hrm', is the model with an "
+                          "H module), so H_layers must be 0; set the depth with L_layers")
+        return errors
 
 
 # Keys of the reference's Hydra arch yaml that have no field of that name here.

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from trm_jax.models.act import act_step
-from trm_jax.models.carry import ACTCarry, initial_carry
-from trm_jax.models.config import TRMConfig
+from trm_jax.models.carry import ACTCarry, init_buffer_name, initial_carry
+from trm_jax.models.config import ModelConfig, TRMConfig
 from trm_jax.models.layers import (Attention, CastedEmbedding, CosSin, SwiGLU, casted_dense, constrain_batch,
                                    rms_norm, rope_cos_sin, trunc_normal_init)
 
@@ -31,12 +31,12 @@ from trm_jax.models.layers import (Attention, CastedEmbedding, CosSin, SwiGLU, c
 class Block(nn.Module):
     """Post-norm block: token mixing (attention, or ``mlp_t``) then a SwiGLU."""
 
-    cfg: TRMConfig
+    cfg: ModelConfig
 
     @nn.compact
     def __call__(self, h_BSD: jax.Array, cos_sin: Optional[CosSin], bias: Optional[jax.Array] = None) -> jax.Array:
         cfg = self.cfg
-        if cfg.mlp_t:
+        if getattr(cfg, "mlp_t", False):  # (the transformer baseline's config has no mlp_t)
             # Token mixing: a SwiGLU over the sequence axis. As in the reference,
             # the residual norm is taken in the transposed [B, D, S] layout, i.e.
             # over the sequence axis.
@@ -53,16 +53,22 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """``f(h, injection) = blocks(h + injection)``; one set of weights for both updates."""
+    """``f(h, injection) = blocks(h + injection)`` with ``num_layers`` blocks (the TRM: ``L_layers``).
 
-    cfg: TRMConfig
+    The TRM uses one for both updates; the HRM and the transformer baseline have an ``H_level`` too.
+    ``injection`` None: ``blocks(h)`` (the single-z TRM's high-level update).
+    """
+
+    cfg: ModelConfig
+    num_layers: int
 
     @nn.compact
-    def __call__(self, h_BSD: jax.Array, injection_BSD: jax.Array, cos_sin: Optional[CosSin],
+    def __call__(self, h_BSD: jax.Array, injection_BSD: Optional[jax.Array], cos_sin: Optional[CosSin],
                  bias: Optional[jax.Array] = None) -> jax.Array:
-        h_BSD = h_BSD + injection_BSD
+        if injection_BSD is not None:
+            h_BSD = h_BSD + injection_BSD
         block = Block if self.cfg.remat == "none" else nn.remat(Block, policy=_REMAT_POLICIES[self.cfg.remat])
-        for i in range(self.cfg.L_layers):
+        for i in range(self.num_layers):
             h_BSD = constrain_batch(block(self.cfg, name=f"layers_{i}")(h_BSD, cos_sin, bias))
         return h_BSD
 
@@ -76,33 +82,41 @@ _REMAT_POLICIES = {
 }
 
 
-def _scan(body, length: int, n_broadcast: int):
-    """``nn.scan`` of ``body(module, carry, *broadcast_args)`` over ``length`` steps, sharing the
-    module's parameters and buffers (one copy of the weights in the compiled graph)."""
+def scan_module(body, length: int, n_broadcast: int, n_scanned: int = 0):
+    """``nn.scan`` of ``body(module, carry, *scanned_args, *broadcast_args)`` over ``length`` steps,
+    sharing the module's parameters and buffers (one copy of the weights in the compiled graph).
+    ``n_scanned`` leading arguments are sliced along their first axis, one slice per step."""
     return nn.scan(body, variable_broadcast=["params", "buffers"], split_rngs={"params": False},
-                   in_axes=(nn.broadcast,) * n_broadcast, length=length)
+                   in_axes=(0,) * n_scanned + (nn.broadcast,) * n_broadcast, length=length)
 
 
-def _l_step(inner: "TRMInner", z_L, injection, rctx):
+def l_step(inner: "TRMInner", z_L, injection, rctx):
+    """One low-level update ``z_L = L_level(z_L, injection)`` as a scan body."""
     return inner.L_level(z_L, injection, rctx["cos_sin"], rctx["bias"]), None
 
 
+def plain_cycle(inner: "TRMInner", z, x_BSD, rctx):
+    """One H-cycle (:meth:`TRMInner.cycle`) as a scan body, without the per-cycle hook."""
+    return inner.cycle(z, x_BSD, rctx), None
+
+
 def _h_cycle(inner: "TRMInner", carry, x_BSD, rctx):
-    """One H-cycle: ``L_cycles`` low-level updates, one high-level update, then the variant's hook."""
-    z_H, z_L, cycle_state = carry
-    z_L_new, _ = _scan(_l_step, inner.cfg.L_cycles, 2)(inner, z_L, z_H + x_BSD, rctx)
-    z_H_new = inner.L_level(z_H, z_L_new, rctx["cos_sin"], rctx["bias"])
-    return inner.after_h_update((z_H, z_L), (z_H_new, z_L_new), cycle_state, rctx)
+    """One H-cycle (:meth:`TRMInner.cycle`), then the variant's hook."""
+    z, cycle_state = carry
+    return inner.after_h_update(z, inner.cycle(z, x_BSD, rctx), cycle_state, rctx)
 
 
 class TRMInner(nn.Module):
     """One recursion step (reference ``TinyRecursiveReasoningModel_ACTV1_Inner``), in stages.
 
-    ``(z_H, z_L, data, reset, ctx) -> (z_H, z_L, outputs)``. Variables: ``params`` (embeddings,
-    ``L_level``, heads) and ``buffers`` (``H_init``/``L_init [D]``, fixed random initial states).
+    ``(z, data, reset, ctx) -> (z, outputs)`` where ``z`` maps the config's ``LATENTS`` (the TRM:
+    ``z_H``, ``z_L``) to ``[B, S, D]`` states. Variables: ``params`` (embeddings, the reasoning
+    levels, heads) and ``buffers`` (one fixed random initial state ``[D]`` per latent: ``H_init``,
+    ``L_init``).
 
-    A model variant subclasses this and overrides only the hooks (docs/architecture.md#variants);
-    each default here is the reference TRM's behaviour:
+    An architecture (HRM, single-z, 6-level, transformer) overrides :meth:`make_levels`,
+    :meth:`cycle` or :meth:`recursion`; a model extension (HESC) overrides only the hooks
+    (docs/architecture.md#variants). Each default here is the reference TRM's behaviour:
 
     * :meth:`extra_positions` -- positions between the puzzle prefix and the tokens (none);
     * :meth:`recursion_context` -- what every cycle reads (rotary tables, attention bias);
@@ -125,27 +139,33 @@ class TRMInner(nn.Module):
             self.puzzle_emb = CastedEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim, 0.0, cfg.dtype)
         if cfg.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(cfg.total_len, D, std, cfg.dtype)
-        self.L_level = ReasoningModule(cfg)
+        self.make_levels()
         self.lm_head = casted_dense(cfg.vocab_size, False, cfg.dtype)
         # Q starts near "never halt" (weight 0, bias -5) for stable bootstrapping, as in the reference.
         self.q_head = casted_dense(2, True, cfg.dtype, kernel_init=nn.initializers.zeros,
                                    bias_init=nn.initializers.constant(-5.0))
         init_key = lambda: self.make_rng("params")  # noqa: E731 (only used at init)
-        self.H_init = self.variable("buffers", "H_init", lambda: trunc_normal_init(1.0)(init_key(), (D,)))
-        self.L_init = self.variable("buffers", "L_init", lambda: trunc_normal_init(1.0)(init_key(), (D,)))
+        for name in cfg.LATENTS:
+            self.variable("buffers", init_buffer_name(name), lambda: trunc_normal_init(1.0)(init_key(), (D,)))
 
-    def __call__(self, z_H: jax.Array, z_L: jax.Array, data: Mapping[str, jax.Array], reset_B: Optional[jax.Array],
-                 ctx: Any = None, train: bool = False) -> Tuple[jax.Array, jax.Array, Dict[str, Any]]:
+    def make_levels(self) -> None:
+        """The reasoning modules (called in ``setup``): the TRM's one ``L_level`` of ``L_layers`` blocks."""
+        self.L_level = ReasoningModule(self.cfg, self.cfg.L_layers)
+
+    def __call__(self, z: Mapping[str, jax.Array], data: Mapping[str, jax.Array], reset_B: Optional[jax.Array],
+                 ctx: Any = None, train: bool = False) -> Tuple[Dict[str, jax.Array], Dict[str, Any]]:
         cfg = self.cfg
+        z = dict(z)
         if reset_B is not None:
-            mask = reset_B[:, None, None]
-            z_H = jnp.where(mask, self.H_init.value.astype(cfg.dtype), z_H)
-            z_L = jnp.where(mask, self.L_init.value.astype(cfg.dtype), z_L)
+            for name in cfg.LATENTS:
+                init = self.get_variable("buffers", init_buffer_name(name)).astype(cfg.dtype)
+                z[name] = jnp.where(reset_B[:, None, None], init, z[name])
         x_BSD, info = self.embed(data, ctx)
         rctx = self.recursion_context(ctx)
-        z_H, z_L, cycle_info = self.recursion(z_H, z_L, constrain_batch(x_BSD), rctx, train)
-        z_H, plan_info = self.after_recursion(z_H, rctx)
-        return z_H, z_L, self.heads(z_H, data, ctx, {**info, **cycle_info, **plan_info})
+        z, cycle_info = self.recursion(z, constrain_batch(x_BSD), rctx, train)
+        out_name = cfg.OUTPUT_LATENT
+        z[out_name], plan_info = self.after_recursion(z[out_name], rctx)
+        return z, self.heads(z[out_name], data, ctx, {**info, **cycle_info, **plan_info})
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, data: Mapping[str, jax.Array], ctx: Any) -> Tuple[jax.Array, Dict[str, Any]]:
@@ -184,10 +204,16 @@ class TRMInner(nn.Module):
         """Per-row state carried through the H-cycles (the TRM carries none)."""
         return ()
 
-    def after_h_update(self, old: Tuple[jax.Array, jax.Array], new: Tuple[jax.Array, jax.Array], cycle_state: Any,
-                       rctx: Dict[str, Any]) -> Tuple[Tuple[jax.Array, jax.Array, Any], Dict[str, Any]]:
-        """The states after one H-cycle and this cycle's statistics; the TRM keeps the new states."""
-        return (*new, cycle_state), {}
+    def cycle(self, z: Dict[str, jax.Array], x_BSD: jax.Array, rctx: Dict[str, Any]) -> Dict[str, jax.Array]:
+        """One H-cycle: ``L_cycles`` times ``z_L = f(z_L, z_H + x)``, then ``z_H = f(z_H, z_L)``."""
+        z_H, z_L = z["z_H"], z["z_L"]
+        z_L, _ = scan_module(l_step, self.cfg.L_cycles, 2)(self, z_L, z_H + x_BSD, rctx)
+        return {"z_H": self.L_level(z_H, z_L, rctx["cos_sin"], rctx["bias"]), "z_L": z_L}
+
+    def after_h_update(self, old: Dict[str, jax.Array], new: Dict[str, jax.Array], cycle_state: Any,
+                       rctx: Dict[str, Any]) -> Tuple[Tuple[Dict[str, jax.Array], Any], Dict[str, Any]]:
+        """``((states, cycle_state), statistics)`` after one H-cycle; the TRM keeps the new states."""
+        return (new, cycle_state), {}
 
     def stops_early(self, train: bool) -> bool:
         """Whether the cycles may stop once :meth:`cycle_done` holds for every row (never for the TRM)."""
@@ -200,20 +226,20 @@ class TRMInner(nn.Module):
         """Statistics of all cycles from the stacked first ``H_cycles - 1`` (or None) and the last one."""
         return {}
 
-    def recursion(self, z_H: jax.Array, z_L: jax.Array, x_BSD: jax.Array, rctx: Dict[str, Any],
-                  train: bool) -> Tuple[jax.Array, jax.Array, Dict[str, Any]]:
+    def recursion(self, z: Dict[str, jax.Array], x_BSD: jax.Array, rctx: Dict[str, Any],
+                  train: bool) -> Tuple[Dict[str, jax.Array], Dict[str, Any]]:
         """``H_cycles`` cycles; the first ``H_cycles - 1`` carry no gradient (reference: ``torch.no_grad()``).
 
         XLA drops the unused activations of the no-gradient cycles (the compiled step's temp memory
         is the same as with the parameters stop-gradient'ed on the way in, measured).
         """
         cfg = self.cfg
-        carry = (z_H, z_L, self.cycle_state_init(z_H.shape[0]))
+        carry = (z, self.cycle_state_init(x_BSD.shape[0]))
         early = None
         if cfg.H_cycles > 1 and self.stops_early(train) and not self.is_mutable_collection("params"):
             # Inference: the whole batch stops as soon as every row is done.
             def cond(inner, c):
-                return (c[1] < cfg.H_cycles - 1) & ~jnp.all(inner.cycle_done(c[0][2]))
+                return (c[1] < cfg.H_cycles - 1) & ~jnp.all(inner.cycle_done(c[0][1]))
 
             def body(inner, c):
                 new, _ = _h_cycle(inner, c[0], x_BSD, rctx)
@@ -221,13 +247,13 @@ class TRMInner(nn.Module):
 
             carry = nn.while_loop(cond, body, self, (carry, jnp.zeros((), jnp.int32)), broadcast_variables=True)[0]
         elif cfg.H_cycles > 1:
-            carry, early = _scan(_h_cycle, cfg.H_cycles - 1, 2)(self, carry, x_BSD, rctx)
+            carry, early = scan_module(_h_cycle, cfg.H_cycles - 1, 2)(self, carry, x_BSD, rctx)
             carry = jax.tree.map(jax.lax.stop_gradient, carry)
-        (z_H, z_L, cycle_state), last = _h_cycle(self, carry, x_BSD, rctx)
-        return z_H, z_L, {"cycle_state": cycle_state, "cycle_stats": self.merge_cycle_stats(early, last)}
+        (z, cycle_state), last = _h_cycle(self, carry, x_BSD, rctx)
+        return z, {"cycle_state": cycle_state, "cycle_stats": self.merge_cycle_stats(early, last)}
 
     def after_recursion(self, z_H: jax.Array, rctx: Dict[str, Any]) -> Tuple[jax.Array, Dict[str, Any]]:
-        """A transform of the final high-level state (the TRM: none)."""
+        """A transform of the final output state (``OUTPUT_LATENT``; the TRM: none)."""
         return z_H, {}
 
     # ------------------------------------------------------------------ heads
@@ -253,12 +279,13 @@ class TRM(nn.Module):
     ``rngs={'exploration': key}``. ``adaptive=True`` (evaluation) lets a row halt when its
     halting head says so instead of after exactly ``halt_max_steps`` steps.
 
-    A variant (HESC) subclasses this with its own inner module and the ACT hooks
-    :meth:`begin_step`, :meth:`wants_halt`, :meth:`end_step`; ``inputs`` are its per-step
-    inputs (``model.apply(..., **inputs)``).
+    A variant subclasses this with its own inner module (:meth:`make_inner`) and, where it differs,
+    the ACT hooks :meth:`halting_active`, :meth:`bootstraps_q`, :meth:`begin_step`,
+    :meth:`wants_halt`, :meth:`end_step`; ``inputs`` are its per-step inputs
+    (``model.apply(..., **inputs)``; HESC's).
     """
 
-    config: TRMConfig
+    config: ModelConfig
 
     def make_inner(self) -> TRMInner:
         return TRMInner(self.config, name="inner")
@@ -274,6 +301,16 @@ class TRM(nn.Module):
         return act_step(self, self.make_inner(), carry, batch, train, adaptive, rng, inputs)
 
     # ACT hooks (the TRM's): see trm_jax/models/act.py.
+    def halting_active(self, train: bool, adaptive: bool) -> bool:
+        """Whether the halting policy may stop a row before ``halt_max_steps``: while training (ACT)
+        and in an adaptive evaluation. The reference evaluates with exactly ``halt_max_steps``."""
+        return self.config.halt_max_steps > 1 and (train or adaptive)
+
+    def bootstraps_q(self, train: bool) -> bool:
+        """Whether this step computes ``target_q_continue`` from a second forward (Q-learning of the
+        continue logit): while training with ACT, unless ``no_ACT_continue``."""
+        return train and self.config.halt_max_steps > 1 and not self.config.no_ACT_continue
+
     def begin_step(self, extras: Any, data: Dict[str, jax.Array], reset_B: jax.Array, train: bool,
                    inputs: Mapping[str, Any]) -> Tuple[Any, Dict[str, jax.Array], Any]:
         """``(extras, data, ctx)`` for this step, after halted rows took new examples."""
@@ -290,7 +327,8 @@ class TRM(nn.Module):
 
     def end_step(self, extras: Any, z_H: jax.Array, data: Mapping[str, jax.Array], out: Dict[str, Any],
                  halted_B: jax.Array, ctx: Any) -> Tuple[Any, jax.Array, Dict[str, Any]]:
-        """``(extras, z_H, outputs)`` after the halting decision (the TRM changes nothing)."""
+        """``(extras, z_H, outputs)`` after the halting decision; ``z_H`` is the state the heads read
+        (``OUTPUT_LATENT``). The TRM changes nothing."""
         return extras, z_H, out
 
     def initial_carry(self, batch: Mapping[str, Any]) -> ACTCarry:
@@ -302,14 +340,25 @@ class TRM(nn.Module):
         return dummy_batch(self.config, batch_size)
 
 
+def _typed(model_cfg: Any) -> ModelConfig:
+    """The typed config of the family ``model_cfg`` names (``name``; default the TRM)."""
+    from trm_jax.families import family_of  # (families imports the architectures, which import this module)
+
+    return family_of(model_cfg).config_cls.from_any(model_cfg)
+
+
 def build_model(model_cfg: Any) -> TRM:
-    """The TRM as a ``flax.linen.Module`` from a config (ConfigDict, dict or TRMConfig)."""
-    return TRM(TRMConfig.from_any(model_cfg))
+    """The model of ``model_cfg`` as a ``flax.linen.Module``: the family ``name`` picks (default
+    ``"trm"``; ``"hrm"``, ``"trm_singlez"``, ``"trm_hier6"``, ``"transformer"``, ``"hesc"``), from a
+    ConfigDict, a dict or a typed config."""
+    from trm_jax.families import family_of
+
+    return family_of(model_cfg).build_model(model_cfg)
 
 
 def dummy_batch(model_cfg: Any, batch_size: int = 1) -> Dict[str, jax.Array]:
     """A zero batch with the model's shapes (for ``init`` and shape checks)."""
-    cfg = TRMConfig.from_any(model_cfg)
+    cfg = _typed(model_cfg)
     return {
         "inputs": jnp.zeros((batch_size, cfg.seq_len), jnp.int32),
         "labels": jnp.zeros((batch_size, cfg.seq_len), jnp.int32),
@@ -319,7 +368,7 @@ def dummy_batch(model_cfg: Any, batch_size: int = 1) -> Dict[str, jax.Array]:
 
 def random_batch(model_cfg: Any, batch_size: int, key: jax.Array) -> Dict[str, jax.Array]:
     """Random tokens of the model's shapes (benchmarks and smoke runs; no dataset needed)."""
-    cfg = TRMConfig.from_any(model_cfg)
+    cfg = _typed(model_cfg)
     k_in, k_lab, k_id = jax.random.split(key, 3)
     return {
         "inputs": jax.random.randint(k_in, (batch_size, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
@@ -329,7 +378,12 @@ def random_batch(model_cfg: Any, batch_size: int, key: jax.Array) -> Dict[str, j
 
 
 def init_variables(model_cfg: Any, key: jax.Array) -> Dict[str, Any]:
-    """Freshly initialised variables ``{'params': ..., 'buffers': ...}`` (reference init)."""
-    batch = dummy_batch(model_cfg)
-    model = build_model(model_cfg)
-    return dict(model.init({"params": key}, initial_carry(model_cfg, batch), batch, train=False))
+    """Freshly initialised variables ``{'params': ..., 'buffers': ...}`` (reference init), any architecture."""
+    from trm_jax.families import family_of
+
+    family = family_of(model_cfg)
+    cfg = family.config_cls.from_any(model_cfg)
+    model = family.model_cls(cfg)
+    batch = model.example_batch(1)
+    return dict(model.init({"params": key}, model.initial_carry(batch), batch, train=False,
+                           **family.objective.init_inputs(cfg)))
