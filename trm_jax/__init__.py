@@ -3,7 +3,9 @@
 Public API::
 
     import trm_jax
-    model = trm_jax.build_model(model_cfg)                  # flax.linen.Module
+    model = trm_jax.build_model(model_cfg)                  # flax.linen.Module; model_cfg.name picks the
+                                                            # architecture: trm, hrm, trm_singlez, trm_hier6,
+                                                            # transformer (or hesc)
     variables = trm_jax.from_torch(state_dict, model_cfg)   # reference checkpoint -> Flax variables
     carry = trm_jax.initial_carry(model_cfg, batch)         # every row halted (any family)
     carry, out = model.apply(variables, carry, batch, train=False)
@@ -13,7 +15,8 @@ Public API::
 """
 from trm_jax.losses import act_loss, normalize_metrics, softmax_cross_entropy, stablemax_cross_entropy
 from trm_jax.families import initial_carry
-from trm_jax.models import ACTCarry, ConfigError, TRM, TRMConfig, build_model, dummy_batch, init_variables, random_batch
+from trm_jax.models import (ACTCarry, ConfigError, ModelConfig, TRM, TRMConfig, build_model, dummy_batch, init_variables,
+                            random_batch)
 from trm_jax.pt_format import PtFormatError, UnsafeCheckpointError, load_pt, save_pt
 from trm_jax.torch_io import StateDictError, from_torch, save_torch, to_torch
 from trm_jax.pretrained import CheckpointInfo, load_checkpoint
@@ -21,7 +24,7 @@ from trm_jax.pretrained import CheckpointInfo, load_checkpoint
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTCarry", "ConfigError", "StateDictError", "TRM", "TRMConfig", "act_loss", "build_model", "dummy_batch",
+    "ACTCarry", "ConfigError", "ModelConfig", "StateDictError", "TRM", "TRMConfig", "act_loss", "build_model", "dummy_batch",
     "from_torch", "init_variables", "initial_carry", "normalize_metrics", "softmax_cross_entropy",
     "random_batch", "stablemax_cross_entropy", "to_torch",
     "PtFormatError", "UnsafeCheckpointError", "load_pt", "save_pt", "save_torch",

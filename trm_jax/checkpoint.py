@@ -23,7 +23,8 @@ import orbax.checkpoint as ocp
 # Config fields that change array shapes or the state's structure: a checkpoint
 # cannot be restored under a config that differs in any of them.
 SHAPE_FIELDS = (
-    "model.hidden_size", "model.num_heads", "model.expansion", "model.L_layers", "model.puzzle_emb_ndim",
+    "model.name", "model.hidden_size", "model.num_heads", "model.expansion", "model.L_layers", "model.H_layers",
+    "model.puzzle_emb_ndim",
     "model.puzzle_emb_len", "model.num_puzzle_identifiers", "model.vocab_size", "model.seq_len",
     "model.pos_encodings", "model.mlp_t", "model.forward_dtype", "global_batch_size", "ema",
 )

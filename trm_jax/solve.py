@@ -250,8 +250,11 @@ def load_solver(workdir: str = "", *, restore_from: str = "", config: Optional[m
         return Solver(run.config, run.params, run.buffers, run.aux, run.info.path, run.info.step)
     if not restore_from or config is None:
         raise ValueError("pass --workdir=RUN, or --restore_from=PYTORCH_CHECKPOINT with --config=CONFIG")
-    if config.model.name != "trm":
-        raise ValueError(f"PyTorch checkpoints load into the TRM only (config.model.name={config.model.name!r})")
+    from trm_jax.families import ARCHITECTURES, get_family
+
+    if not get_family(config.model.name).loads_torch:
+        raise ValueError(f"PyTorch checkpoints load into the reference's architectures {ARCHITECTURES} only "
+                         f"(config.model.name={config.model.name!r})")
     from trm_jax.pt_format import load_pt
     from trm_jax.torch_io import from_torch
 

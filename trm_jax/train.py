@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import data_pipeline as dp
 from trm_jax import optim, sharding
-from trm_jax.families import get_family
+from trm_jax.families import ARCHITECTURES, get_family
 from trm_jax.checkpoint import Checkpointer, CheckpointError
 from trm_jax.evaluation import evaluate
 from trm_jax.evaluators import make_evaluators
@@ -186,9 +186,11 @@ class Trainer:
         saved = str((saved_config.get("model") or {}).get("name", "trm"))
         want = str(self.config.model.name)
         if saved != want:
+            example = "configs/hesc.py" if saved == "hesc" else \
+                "configs/sudoku.py" if saved == "trm" else f"configs/sudoku.py:{saved}"
             raise CheckpointError(f"{origin}: this checkpoint is a {saved.upper()} model (config.model.name="
                                   f"{saved!r}); the config is a {want.upper()} ({want!r}). Use a {saved!r} config "
-                                  f"(e.g. configs/{saved}.py) with this checkpoint, or another workdir.")
+                                  f"(e.g. {example}) with this checkpoint, or another workdir.")
 
     def load_params_from(self, source: str, trust_pickle: bool = False) -> str:
         """Start from another run's parameters (a workdir or checkpoints dir) or a PyTorch checkpoint file."""
@@ -196,8 +198,9 @@ class Trainer:
             raise CheckpointError(f"--restore_from={source}: no such file or directory")
         if os.path.isfile(source):
             if not self.family.loads_torch:
-                raise CheckpointError(f"--restore_from={source}: PyTorch checkpoints load into the TRM only "
-                                      f"(config.model.name={self.config.model.name!r})")
+                raise CheckpointError(f"--restore_from={source}: PyTorch checkpoints load into the reference's "
+                                      f"architectures {ARCHITECTURES} only (config.model.name="
+                                      f"{self.config.model.name!r})")
             try:
                 variables = from_torch(source, self.model_cfg, trust_pickle=trust_pickle)
             except (PtFormatError, StateDictError) as e:
