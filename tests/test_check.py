@@ -32,6 +32,14 @@ def test_parameter_counts_at_the_paper_sudoku_size_match_a_hand_count(variant, b
     assert level and all(counts[m] % _block_params(D, heads, 4.0) == 0 for m in level)
 
 
+def test_an_architecture_name_is_that_architecture_on_the_paper_sudoku():
+    assert check.resolve_target("hrm") == "configs/sudoku.py:hrm"
+    assert check.resolve_target("trm_hier6:tiny") == "configs/sudoku.py:trm_hier6,tiny"
+    assert check.resolve_target("trm") == "configs/sudoku.py"
+    assert check.resolve_target("hesc") == "hesc"  # a config file of that name comes first
+    assert check.load_config("transformer").model.name == "transformer"
+
+
 def test_one_config_reports_memory_and_runs_a_step():
     report = check.check("configs/sudoku.py:trm_singlez,tiny")
     assert report.ok, report.error

@@ -1,6 +1,7 @@
 """Check that configs build: parameters, per-device memory of a train step, and one real step.
 
     python -m trm_jax.check --config=configs/sudoku.py:hrm      # one config (file[:variants])
+    python -m trm_jax.check --config=hrm                         # an architecture: configs/sudoku.py:hrm
     python -m trm_jax.check --all [--quiet]                      # every config file and variant
 
 For each config: the model at its configured size is built without allocating it
@@ -29,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from absl import app, flags
 
 _CONFIG = flags.DEFINE_string("config", "", "A config file and its variants, e.g. configs/sudoku.py:hrm "
-                              "(or sudoku:hrm).")
+                              "(or sudoku:hrm), or an architecture's name (hrm: configs/sudoku.py:hrm).")
 _ALL = flags.DEFINE_bool("all", False, "Check every config file in configs/ with every variant, alone and with "
                          "'tiny'.")
 _QUIET = flags.DEFINE_bool("quiet", False, "One line per config.")
@@ -89,9 +90,22 @@ def _module(path: str) -> Any:
     return module
 
 
-def load_config(target: str) -> Any:
-    """The ConfigDict of ``file[:variants]``."""
+def resolve_target(target: str) -> str:
+    """``file[:variants]`` for a target; an architecture's name alone (``hrm``, as the PyTorch system's
+    ``scripts/test.py --config hrm``) is that architecture on the paper's Sudoku (``configs/sudoku.py:hrm``)."""
+    from trm_jax.families import ARCHITECTURES
+
     name, _, arg = target.partition(":")
+    if name in ARCHITECTURES and not os.path.exists(name) and \
+            not os.path.exists(os.path.join(CONFIG_DIR, name + ".py")):
+        variants = [v for v in (name if name != "trm" else "", arg) if v]
+        return "configs/sudoku.py" + (":" + ",".join(variants) if variants else "")
+    return target
+
+
+def load_config(target: str) -> Any:
+    """The ConfigDict of ``file[:variants]`` (or an architecture's name, :func:`resolve_target`)."""
+    name, _, arg = resolve_target(target).partition(":")
     return _module(config_path(name)).get_config(arg)
 
 
@@ -220,6 +234,7 @@ def check(target: str, memory: bool = True, tiny_done: Optional[Dict[str, Tuple[
 
     from trm_jax.families import get_family
 
+    target = resolve_target(target)
     report = Report(target)
     try:
         config = load_config(target)

@@ -74,7 +74,8 @@ class ModelConfig:
         if head_dim < 1:
             errors.append(f"hidden_size={self.hidden_size} is smaller than num_heads={self.num_heads}")
         elif self.pos_encodings == "rope" and head_dim % 2:
-            errors.append(f"rope needs an even head dim (hidden_size // num_heads = {head_dim})")
+            errors.append(f"rope needs an even head dim: hidden_size={self.hidden_size} // num_heads={self.num_heads} "
+                          f"= {head_dim}")
         if self.pos_encodings not in _POS_ENCODINGS:
             errors.append(f"pos_encodings={self.pos_encodings!r} not in {_POS_ENCODINGS}")
         if self.forward_dtype not in _DTYPES:
