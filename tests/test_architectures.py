@@ -207,3 +207,28 @@ def test_configs_refuse_values_the_architecture_cannot_run(name, field, value, n
 def test_transformer_config_has_no_recursion_fields():
     with pytest.raises(trm_jax.ConfigError, match="unknown field 'L_cycles'"):
         trm_jax.build_model(dict(name="transformer", seq_len=10, vocab_size=7, L_cycles=2))
+
+
+@pytest.mark.parametrize("yaml_name,family,fields", [
+    ("recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1", "hrm",
+     dict(halt_exploration_prob=0.1, halt_max_steps=16, H_cycles=2, L_cycles=2, H_layers=4, L_layers=4,
+          hidden_size=512, num_heads=8, expansion=4, puzzle_emb_ndim=512, pos_encodings="rope",
+          forward_dtype="bfloat16", mlp_t=False)),
+    ("recursive_reasoning.transformers_baseline@Model_ACTV2", "transformer",
+     dict(halt_exploration_prob=0.1, halt_max_steps=16, H_cycles=1, H_layers=8, hidden_size=512, num_heads=12,
+          expansion=4, puzzle_emb_ndim=512, pos_encodings="rope")),
+    ("recursive_reasoning.trm_hier6@TinyRecursiveReasoningModel_ACTV1", "trm_hier6",
+     dict(halt_exploration_prob=0.1, halt_max_steps=16, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2,
+          hidden_size=512, num_heads=8, expansion=4, puzzle_emb_ndim=512, pos_encodings="rope",
+          forward_dtype="bfloat16", mlp_t=False, puzzle_emb_len=16, no_ACT_continue=True)),
+])
+def test_the_reference_arch_yaml_maps_over_with_its_own_name(yaml_name, family, fields):
+    """A reference ``config/arch/*.yaml`` (interpolations resolved, ``loss`` given as ``loss_type``)
+    builds its architecture, named as the yaml names it."""
+    from trm_jax.families import family_of
+
+    section = dict(name=yaml_name, seq_len=81, vocab_size=11, loss_type="stablemax_cross_entropy", **fields)
+    assert family_of(section).name == family
+    model = trm_jax.build_model(section)
+    assert type(model.config) is family_of(section).config_cls
+    assert trm_jax.initial_carry(section, trm_jax.dummy_batch(section, 2)).z.keys() == set(model.config.LATENTS)

@@ -89,8 +89,16 @@ def family_names() -> tuple:
 
 
 def get_family(name: str) -> Family:
-    """The family of ``config.model.name`` (a clear error for an unknown name)."""
+    """The family of ``config.model.name`` (a clear error for an unknown name).
+
+    The reference's own names, as its ``config/arch/*.yaml`` write them
+    (``recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1``), name their architecture too.
+    """
     if name not in _FAMILIES:
+        reference = name.split("recursive_reasoning.", 1)[-1]
+        for candidate in ARCHITECTURES:
+            if _FAMILIES[candidate]().reference == reference:
+                return _FAMILIES[candidate]()
         raise ValueError(f"unknown model name {name!r} (config.model.name); known: {sorted(_FAMILIES)}")
     return _FAMILIES[name]()
 
