@@ -22,17 +22,19 @@ from trm_jax.models.config import ConfigError, TRMConfig
 
 # The variant names each config file's get_config knows (checked against its own error message below,
 # so a variant added to a config file is enumerated here or this test fails).
+ARCHS = ("hrm", "trm_singlez", "trm_hier6", "transformer")
 KNOWN_VARIANTS = {
-    "sudoku": ("mlp", "tiny"),
-    "maze": ("tiny",),
-    "arc": ("arc2", "tiny"),
+    "sudoku": ("mlp", "tiny") + ARCHS,
+    "maze": ("tiny",) + ARCHS,
+    "arc": ("arc2", "tiny") + ARCHS,
     "hesc": ("full", "tiny", "text", "arc"),
 }
 # The combinations the config files' docstrings document: these must build.
 DOCUMENTED = {
-    "sudoku": ["", "mlp", "tiny", "mlp,tiny"],
-    "maze": ["", "tiny"],
-    "arc": ["", "arc2", "tiny", "arc2,tiny"],
+    "sudoku": ["", "mlp", "tiny", "mlp,tiny"] + [f"{a}{t}" for a in ARCHS for t in ("", ",tiny")]
+    + ["mlp,trm_singlez", "mlp,hrm"],
+    "maze": ["", "tiny"] + [f"{a}{t}" for a in ARCHS for t in ("", ",tiny")],
+    "arc": ["", "arc2", "tiny", "arc2,tiny"] + [f"{a}{t}" for a in ARCHS for t in ("", ",tiny")],
     "hesc": ["", "full", "tiny", "text", "tiny,arc", "tiny,text"],
 }
 
