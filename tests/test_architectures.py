@@ -125,8 +125,9 @@ def test_hrm_bootstraps_the_continue_logit_and_halts_on_q():
     carry = trm_jax.initial_carry(cfg, _to_jax(batches[0]))
     ocarry = ref.arch_initial_carry(ocfg, batches[0])
     halted_any = False
+    apply = jax.jit(lambda v, c, b: model.apply(v, c, b, train=True))
     for batch in batches:
-        carry, out = model.apply(variables, carry, _to_jax(batch), train=True)
+        carry, out = apply(variables, carry, _to_jax(batch))
         with torch.no_grad():
             ocarry, oout = ref.arch_act_step(sd, ocfg, ocarry, batch, halt_rule="q", bootstrap=True)
         assert _rel_err(out["target_q_continue"], oout["target_q_continue"].numpy()) < 1e-5

@@ -40,6 +40,7 @@ def test_an_architecture_name_is_that_architecture_on_the_paper_sudoku():
     assert check.load_config("transformer").model.name == "transformer"
 
 
+@pytest.mark.slow
 def test_one_config_reports_memory_and_runs_a_step():
     report = check.check("configs/sudoku.py:trm_singlez,tiny")
     assert report.ok, report.error
