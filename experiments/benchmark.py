@@ -28,7 +28,7 @@ from trm_jax import optim, sharding
 from trm_jax.losses import act_loss
 from trm_jax.models.layers import resolve_attention_impl
 from trm_jax.families import get_family
-from trm_jax.models import ModelConfig, random_batch
+from trm_jax.models import HRMConfig, ModelConfig, TransformerConfig, random_batch
 from trm_jax.steps import make_train_step
 from trm_jax.train_state import create_train_state, init_sharded_state, param_count
 
@@ -75,10 +75,9 @@ def _swiglu_inner(width: int, expansion: float) -> int:
 def layer_applications(cfg: ModelConfig) -> tuple[int, int]:
     """``(forward, graded)`` block applications of one ACT step of the architecture: every block run,
     and those run with gradient (their backward costs twice their forward)."""
-    name = type(cfg).__name__
-    if name == "TransformerConfig":
+    if isinstance(cfg, TransformerConfig):
         return cfg.H_layers, cfg.H_layers
-    if name == "HRMConfig":
+    if isinstance(cfg, HRMConfig):
         forward = cfg.H_cycles * (cfg.L_cycles * cfg.L_layers + cfg.H_layers)
         return forward, cfg.L_layers + cfg.H_layers
     # TRM, single-z, 6-level (and HESC's backbone): (L_cycles + 1) updates per H-cycle, the last cycle graded.

@@ -312,12 +312,25 @@ def arch_inner(sd, cfg: OracleConfig, z: Dict[str, Tensor], inputs: Tensor, puzz
                     total = total + z[n]
                 z["z_H"] = f(sd, z["z_H"], total, cfg, rope)
         out = z["z_H"]
-    else:
-        z["z_H"], z["z_L"], *_ = inner(sd, cfg, z["z_H"], z["z_L"], inputs, puzzle_ids, stop_early)
-        out = z["z_H"]
+    else:  # the TRM: its own statement above
+        z_H, z_L, logits, q_halt, q_cont = inner(sd, cfg, z["z_H"], z["z_L"], inputs, puzzle_ids, stop_early)
+        return {"z_H": z_H, "z_L": z_L}, logits, q_halt, q_cont
     logits = (out @ sd["inner.lm_head.weight"].T)[:, cfg.P:]
     q = out[:, 0] @ sd["inner.q_head.weight"].T + sd["inner.q_head.bias"]
     return {k: v.detach() for k, v in z.items()}, logits, q[:, 0], q[:, 1]
+
+
+def output_grads(sd, cfg: OracleConfig, z: Dict[str, Tensor], batch: Dict[str, Tensor], w_logits: Tensor,
+                 w_q: Tensor, stop_early: bool = True) -> Dict[str, "object"]:
+    """Gradients (NumPy, by state-dict key) of ``sum(logits * w_logits) + sum(q_halt * w_q[:, 0]) +
+    sum(q_continue * w_q[:, 1])`` after one recursion step of ``cfg.arch`` from the states ``z``, with
+    respect to every tensor but the ``*_init`` buffers; ``stop_early`` as in :func:`arch_inner`."""
+    params = {k: v.clone().requires_grad_(not k.endswith("_init")) for k, v in sd.items()}
+    _, logits, q_halt, q_cont = arch_inner(params, cfg, z, batch["inputs"], batch["puzzle_identifiers"],
+                                           stop_early=stop_early)
+    loss = (logits * w_logits).sum() + (q_halt * w_q[:, 0]).sum() + (q_cont * w_q[:, 1]).sum()
+    loss.backward()
+    return {k: p.grad.numpy() for k, p in params.items() if p.grad is not None}
 
 
 def arch_initial_carry(cfg: OracleConfig, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:

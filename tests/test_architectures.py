@@ -91,22 +91,14 @@ def test_gradients_match_float64_oracle(arch):
     grads = jax.jit(jax.grad(loss_fn))(variables["params"])
     got = trm_jax.to_torch({"params": grads}, cfg, prefix="", as_numpy=True)
 
-    def oracle_grads(stop_early: bool):
-        params = {k: v.clone().requires_grad_(not k.endswith("_init")) for k, v in sd.items()}
-        z = {n: torch.from_numpy(np.asarray(carry.z[n], np.float64)) for n in ocfg.latents}
-        _, logits, q_halt, q_cont = ref.arch_inner(params, ocfg, z, batch["inputs"], batch["puzzle_identifiers"],
-                                                   stop_early=stop_early)
-        loss = (logits * w_logits).sum() + (q_halt * w_q[:, 0]).sum() + (q_cont * w_q[:, 1]).sum()
-        loss.backward()
-        return {k: p.grad.numpy() for k, p in params.items() if p.grad is not None}
-
-    want = oracle_grads(stop_early=True)
+    z = {n: torch.from_numpy(np.asarray(carry.z[n], np.float64)) for n in ocfg.latents}
+    want = ref.output_grads(sd, ocfg, z, batch, w_logits, w_q, stop_early=True)
     assert set(got) == set(want), set(got) ^ set(want)
     for key in want:
         err = _rel_err(got[key], want[key])
         assert err < 2e-5, f"{arch} {key}: relative error {err:.2e}"
     if arch != "transformer":  # (the baseline has no no-gradient updates)
-        full = oracle_grads(stop_early=False)
+        full = ref.output_grads(sd, ocfg, z, batch, w_logits, w_q, stop_early=False)
         level = "L_level"
         key = f"inner.{level}.layers.0.mlp.down_proj.weight"
         assert _rel_err(got[key], full[key]) > 1e-3

@@ -147,8 +147,21 @@ def count_params(model_cfg: Any) -> Dict[str, int]:
     return counts
 
 
-def _compiled_step(config: Any, total_steps: int = 1000) -> Tuple[Any, Any, Any, Any, Any]:
-    """``(compiled train step, make_state, state shardings, abstract batch, mesh)`` for a config."""
+@dataclasses.dataclass
+class CompiledStep:
+    """A config's train step compiled for its mesh, with what running it needs."""
+
+    compiled: Any            # the compiled ``train_step(state, batch)``
+    make_state: Any          # ``() -> TrainState`` (fresh state)
+    state_shardings: Any
+    abstract_batch: Dict[str, Any]
+    batch_shardings: Any
+    mesh: Any
+
+
+def compile_step(config: Any, total_steps: int = 1000) -> CompiledStep:
+    """The trainer's train step (``trm_jax.steps.make_train_step``) for ``config``, compiled at its
+    global batch for the mesh it asks for, from abstract inputs (nothing is allocated)."""
     import jax
 
     from trm_jax import optim, sharding
@@ -175,32 +188,35 @@ def _compiled_step(config: Any, total_steps: int = 1000) -> Tuple[Any, Any, Any,
     step = jax.jit(make_train_step(model, tx, config, total_steps), in_shardings=(shardings, batch_shardings),
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
     compiled = step.lower(with_sharding(abstract, shardings), with_sharding(batch, batch_shardings)).compile()
-    return compiled, make_state, shardings, batch_shardings, mesh
+    return CompiledStep(compiled, make_state, shardings, batch, batch_shardings, mesh)
 
 
-def memory_per_device(config: Any) -> Tuple[Dict[str, int], str]:
-    """XLA's memory analysis of the compiled train step (bytes per device) and the mesh in words."""
-    compiled, _, _, _, mesh = _compiled_step(config)
-    stats = compiled.memory_analysis()
+def memory_per_device(step: CompiledStep) -> Tuple[Dict[str, int], str]:
+    """XLA's memory analysis of a compiled train step (bytes per device) and the mesh in words."""
+    stats = step.compiled.memory_analysis()
     memory = {"arguments": int(stats.argument_size_in_bytes), "temporaries": int(stats.temp_size_in_bytes),
               "outputs": int(stats.output_size_in_bytes), "aliased": int(stats.alias_size_in_bytes)}
     # Donated state: outputs alias the arguments, so the peak is arguments + temporaries + unaliased outputs.
     memory["peak"] = memory["arguments"] + memory["temporaries"] + max(0, memory["outputs"] - memory["aliased"])
+    mesh = step.mesh
     shape = ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
     return memory, f"{shape} on {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"
 
 
-def run_one_step(config: Any) -> float:
-    """One real train step (forward, backward, optimizer) on random data; the loss, checked finite."""
+def run_one_step(config: Any, step: Optional[CompiledStep] = None) -> float:
+    """One real train step (forward, backward, optimizer) on random data; the loss, checked finite.
+
+    ``step``: the config's step if already compiled (:func:`compile_step`).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    compiled, make_state, shardings, batch_shardings, _ = _compiled_step(config)
-    state = jax.jit(make_state, out_shardings=shardings)()
+    step = step or compile_step(config)
+    state = jax.jit(step.make_state, out_shardings=step.state_shardings)()
     key = jax.random.PRNGKey(0)
     batch = {}
-    for name, leaf in jax.eval_shape(lambda: _example_batch(config)).items():
+    for name, leaf in step.abstract_batch.items():
         key, sub = jax.random.split(key)
         if name in ("inputs", "labels"):
             value = jax.random.randint(sub, leaf.shape, 1, int(config.model.vocab_size), leaf.dtype)
@@ -210,19 +226,13 @@ def run_one_step(config: Any) -> float:
             value = jax.random.normal(sub, leaf.shape, leaf.dtype)
         else:
             value = jnp.zeros(leaf.shape, leaf.dtype)
-        batch[name] = jax.device_put(value, batch_shardings[name])
-    state, metrics = compiled(state, batch)
+        batch[name] = jax.device_put(value, step.batch_shardings[name])
+    state, metrics = step.compiled(state, batch)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
         raise FloatingPointError(f"non-finite metrics after one step: {bad}")
     return metrics.get("lm_loss", float("nan")) / config.global_batch_size  # (summed over rows, as logged)
-
-
-def _example_batch(config: Any) -> Dict[str, Any]:
-    from trm_jax.families import get_family
-
-    return get_family(config.model.name).build_model(config.model).example_batch(config.global_batch_size)
 
 
 def check(target: str, memory: bool = True, tiny_done: Optional[Dict[str, Tuple[float, float, str]]] = None) -> Report:
@@ -243,15 +253,19 @@ def check(target: str, memory: bool = True, tiny_done: Optional[Dict[str, Tuple[
         family.config_cls.check_fields(config.model)
         model_cfg = family.config_cls.from_any(config.model)
         report.params_by_module = count_params(model_cfg)
-        if memory:
-            report.memory, report.mesh = memory_per_device(config)
-        jax.clear_caches()
         report.tiny = tiny_target(target)
+        step = None
+        if memory:
+            step = compile_step(config)
+            report.memory, report.mesh = memory_per_device(step)
+        if report.tiny != target:  # a tiny target's step is the one just compiled
+            step = None
+            jax.clear_caches()
         cache = tiny_done if tiny_done is not None else {}
         if report.tiny not in cache:
             start = time.perf_counter()
             try:
-                loss = run_one_step(load_config(report.tiny))
+                loss = run_one_step(load_config(report.tiny), step)
                 cache[report.tiny] = (loss, time.perf_counter() - start, "")
             except Exception as e:  # noqa: BLE001 - reported
                 cache[report.tiny] = (float("nan"), time.perf_counter() - start, _describe(e))
