@@ -77,12 +77,32 @@ def dataset_model(variants: Set[str], data_fields: Dict[str, Any], trm_fields: D
     return model_section(get_family(named[0]).config_cls, named[0], **data_fields)
 
 
+# What makes a model section a causal language model (trm_jax/models/config.py: CAUSAL_REQUIREMENTS).
+LANGUAGE_MODEL_FIELDS: Dict[str, Any] = dict(causal=True, puzzle_emb_ndim=0, halt_exploration_prob=0.0,
+                                             loss_type="softmax_cross_entropy", pos_encodings="rope")
+
+
+def language_model(variants: Set[str], seq_len: int, vocab_size: int, **size: Any) -> ml_collections.ConfigDict:
+    """The model section of a language config (configs/code.py, configs/text.py): the causal TRM with
+    ``size`` (hidden_size, cycles, layers, ...), or with the ``transformer`` variant the causal
+    transformer baseline at the same parameter count (its ``H_layers`` = the TRM's ``L_layers``: the
+    TRM reuses one module of that depth through its recursion, the baseline runs it once)."""
+    data = dict(seq_len=seq_len, vocab_size=vocab_size, **LANGUAGE_MODEL_FIELDS)
+    if "transformer" in variants:
+        from trm_jax.models.transformer import TransformerConfig
+
+        shared = {k: v for k, v in size.items() if k not in ("H_cycles", "L_cycles", "L_layers")}
+        return model_section(TransformerConfig, "transformer", **data, **shared, H_layers=size.get("L_layers", 2),
+                             act_enabled=False, act_inference=False, compute_target_q=False)
+    return trm_model(**data, **size)
+
+
 def training(**overrides) -> ml_collections.ConfigDict:
     """Top-level training fields with the reference ``cfg_pretrain.yaml`` names and defaults."""
     cfg = ml_collections.ConfigDict(dict(
         global_batch_size=768,
         epochs=100000,
-        eval_interval=10000,
+        eval_interval=10000.0,  # in epochs; a fraction evaluates within an epoch (the language configs)
         checkpoint_interval=10000,
         lr=1e-4,
         lr_min_ratio=1.0,

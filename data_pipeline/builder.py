@@ -283,6 +283,9 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     # Extras that the loader's batches carry beside inputs/labels/puzzle_identifiers
     # (e.g. the capsule dataset's float ``sketches``); other extras stay per-example only.
     batch_extras: ClassVar[tuple[str, ...]] = ()
+    # Files of the built dataset a training run copies into its workdir (a language dataset's
+    # tokenizer.json): what using a checkpoint needs besides the checkpoint.
+    artifacts: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any):
         # Datasets live in this package's registry (registry.py), not TFDS's global one, so a

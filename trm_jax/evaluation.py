@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from trm_jax.evaluators import Evaluator
+from trm_jax.lm.objective import language_metrics
 from trm_jax.sharding import make_global_batch
 
 
@@ -19,6 +20,7 @@ def normalize_eval_metrics(sums: Mapping[str, float]) -> Dict[str, float]:
     count = float(sums.get("count", 0.0))
     out = {f"eval/{k}": float(v) / max(count, 1.0) for k, v in sums.items() if k != "count"}
     out["eval/count"] = count
+    out.update(language_metrics(out, "eval", token_mean_loss=True))  # perplexity, bits per byte (a language model's)
     return out
 
 

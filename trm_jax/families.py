@@ -113,6 +113,21 @@ def family_of(model_cfg: Any) -> Family:
     return get_family(str(name))
 
 
+def objective_of(model_cfg: Any) -> Any:
+    """What a model adds to the train step and evaluation (:class:`trm_jax.steps.Objective`): its
+    family's, or for a causal language model (``causal=True``, any architecture that allows it) the
+    next-token objective of trm_jax/lm/objective.py."""
+    family = family_of(model_cfg)
+    causal = getattr(model_cfg, "causal", None)
+    if causal is None and hasattr(model_cfg, "get"):
+        causal = model_cfg.get("causal", False)
+    if causal:
+        from trm_jax.lm.objective import LanguageModelObjective
+
+        return LanguageModelObjective()
+    return family.objective
+
+
 def initial_carry(model_cfg: Any, batch: Any) -> Any:
     """A carry for any family in which every row is halted, so the first step loads ``batch``."""
     return family_of(model_cfg).build_model(model_cfg).initial_carry(batch)

@@ -26,7 +26,8 @@ Metrics = Dict[str, jax.Array]
 
 # Metrics that are sums over rows (normalised on the host: losses by the batch, the rest by count).
 SUM_METRICS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps",
-               "lm_loss", "q_halt_loss", "q_continue_loss")
+               "lm_loss", "q_halt_loss", "q_continue_loss",
+               "token_nll", "tokens", "bytes")  # (a language model's: trm_jax/lm/objective.py)
 
 
 class Objective:
@@ -52,10 +53,15 @@ class Objective:
         """Keyword inputs of ``model.apply`` for one train step (HESC: schedules, memory bank)."""
         return {}
 
+    def step_metrics(self, cfg: Any, carry: Any, outputs: Mapping[str, Any]) -> Tuple[jax.Array, Metrics]:
+        """``(loss summed over rows, metric sums)`` of one ACT step's outputs: the reference's ACT
+        loss head (training, and every evaluated batch)."""
+        return act_loss(carry, outputs, cfg.loss_type)
+
     def loss(self, cfg: Any, state: TrainState, params: Any, new_carry: Any, outputs: Mapping[str, Any],
              inputs: Mapping[str, Any], total_steps: int) -> Tuple[jax.Array, Metrics, Any]:
         """``(loss summed over rows, metric sums, extra)``; ``extra`` reaches :meth:`update`."""
-        loss, metrics = act_loss(new_carry, outputs, cfg.loss_type)
+        loss, metrics = self.step_metrics(cfg, new_carry, outputs)
         return loss, metrics, None
 
     def update(self, cfg: Any, state: TrainState, params: Any, carry: Any, outputs: Mapping[str, Any],
@@ -106,10 +112,10 @@ def make_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, confi
     row is marked halted, so no NaN state survives into the next step. The model's family
     (``model.config``) supplies the :class:`Objective`.
     """
-    from trm_jax.families import family_of
+    from trm_jax.families import objective_of
 
     cfg = model.config
-    objective: Objective = family_of(cfg).objective
+    objective: Objective = objective_of(cfg)
     use_ema = bool(config.ema)
 
     def loss_fn(params, row_offsets, state: TrainState, batch: Batch, key, inputs):
@@ -147,10 +153,10 @@ def make_eval_batch(model: Any, adaptive: bool = False, with_trace: bool = False
     row used. ``with_trace``: a fourth result, the per-step record ``{"active", "q_halt_logits"[,
     "actions", "expanded"]}``, each ``[halt_max_steps, B]`` (``active``: the row had not halted yet).
     """
-    from trm_jax.families import family_of
+    from trm_jax.families import objective_of
 
     cfg = model.config
-    objective: Objective = family_of(cfg).objective
+    objective: Objective = objective_of(cfg)
 
     def eval_batch(params, buffers, aux, batch: Batch):
         variables = {"params": params, "buffers": buffers}
@@ -188,7 +194,7 @@ def make_eval_batch(model: Any, adaptive: bool = False, with_trace: bool = False
             _, _, _, final_carry, out, per_step = jax.lax.while_loop(
                 cond, body, (jnp.ones((), jnp.int32), carry, carry.halted, carry, _final_outputs(out), per_step))
             final_carry = final_carry.replace(halted=jnp.ones_like(final_carry.halted))
-        _, metrics = act_loss(final_carry, out, cfg.loss_type)
+        _, metrics = objective.step_metrics(cfg, final_carry, out)
         metrics.update(objective.eval_metrics(cfg, final_carry.halted, out, per_step))
         preds = jnp.argmax(out["logits"], axis=-1).astype(jnp.int32)
         if with_trace:

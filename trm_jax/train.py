@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any, Dict, Mapping, Optional
 
@@ -35,6 +36,7 @@ from trm_jax.families import ARCHITECTURES, get_family
 from trm_jax.checkpoint import Checkpointer, CheckpointError
 from trm_jax.evaluation import evaluate
 from trm_jax.evaluators import make_evaluators
+from trm_jax.lm.objective import language_metrics
 from trm_jax.metrics_logger import MetricsLogger, read_metrics, run_summary
 from trm_jax.pt_format import PtFormatError
 from trm_jax.signals import StopRequest
@@ -63,6 +65,16 @@ def prepare_data(config: ml_collections.ConfigDict, rebuild: bool = False) -> Di
     if not _primary():
         meta = dp.ensure_built(name, data_dir, options)
     return meta
+
+
+def copy_artifacts(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Copy the dataset's artifacts (a language dataset's ``tokenizer.json``) into the workdir, so a
+    checkpoint is usable (``generate``, ``chat``) with nothing but its workdir."""
+    builder = dp.make_builder(config.data.name, config.data.data_dir or None, dict(config.data.options))
+    if not _primary():
+        return
+    for name in builder.artifacts:
+        shutil.copyfile(os.path.join(os.fspath(builder.data_path), name), os.path.join(workdir, name))
 
 
 def resolve_config(config: ml_collections.ConfigDict, train_meta: Any,
@@ -116,6 +128,7 @@ class Trainer:
         get_family(config.model.name).config_cls.check_fields(config.model)  # misspelt fields: before any work
         os.makedirs(self.workdir, exist_ok=True)
         meta = prepare_data(config, rebuild_dataset)
+        copy_artifacts(config, self.workdir)
         self.train_meta = meta["train"]
         self.has_eval = "test" in meta
         example = None
@@ -302,6 +315,10 @@ def _normalize_train(sums: Dict[str, float], n_steps: int, global_batch_size: in
                 out[f"train/{k}"] = v / count
         else:
             out[f"train/{k}"] = v / n_steps
+    out.update(language_metrics(out, "train"))  # a language model's perplexity and bits per byte
+    if "train/token_nll" in out and "train/lm_loss" in out:
+        # Over every row and supervision step of the window (language_metrics' is over finished rows).
+        out["train/perplexity"] = float(np.exp(min(out["train/lm_loss"], 700.0)))
     return out
 
 
@@ -457,6 +474,8 @@ def _train_loop(trainer: Trainer, logger: MetricsLogger) -> Dict[str, float]:
         now = time.perf_counter()
         record["train/examples_per_s"] = n * config.global_batch_size / max(now - t_window, 1e-9)
         record["train/samples_per_sec"] = record["train/examples_per_s"]  # the PyTorch system's name
+        if trainer.model_cfg.causal:  # positions processed per second (each row is seq_len tokens)
+            record["train/tokens_per_s"] = record["train/examples_per_s"] * trainer.model_cfg.seq_len
         t_window = now
         logger.log(at, record)
         bar.set_postfix(loss=f"{record.get('train/lm_loss', 0):.3f}", acc=f"{record.get('train/accuracy', 0):.3f}",

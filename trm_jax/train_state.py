@@ -47,7 +47,7 @@ def create_train_state(model_cfg: Any, tx: optax.GradientTransformation, global_
 
     Reference initialisation, every carry row halted, the family's auxiliary state initialised.
     """
-    from trm_jax.families import family_of
+    from trm_jax.families import family_of, objective_of
 
     family = family_of(model_cfg)
     cfg = family.config_cls.from_any(model_cfg)
@@ -55,7 +55,7 @@ def create_train_state(model_cfg: Any, tx: optax.GradientTransformation, global_
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     batch = model.example_batch(1)
     variables = dict(model.init({"params": init_key}, model.initial_carry(batch), batch, train=False,
-                                **family.objective.init_inputs(cfg)))
+                                **objective_of(cfg).init_inputs(cfg)))
     params = variables.pop("params")
     buffers = variables.pop("buffers", {})
     if variables:
@@ -68,7 +68,7 @@ def create_train_state(model_cfg: Any, tx: optax.GradientTransformation, global_
         ema_params=optim.ema_init(params) if use_ema else {},
         carry=model.initial_carry(model.example_batch(global_batch_size)),
         rng=run_key,
-        aux=family.objective.init_aux(cfg, params, buffers, jax.random.fold_in(init_key, 1)),
+        aux=objective_of(cfg).init_aux(cfg, params, buffers, jax.random.fold_in(init_key, 1)),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, List, Mapping, Union
 
-from trm_jax.models.config import ConfigError, TRMConfig
+from trm_jax.models.config import ConfigError, TRMConfig, truthy
 from trm_jax.schedules import ANNEAL_KINDS
 
 _MODES = ("tokens", "capsules")
@@ -139,10 +139,15 @@ class HESCConfig(TRMConfig):
             first = 0.0 if start is None else float(get(start))
             if kind == "exponential" and (first <= 0 or float(get(end)) <= 0):
                 errors.append(f"{name}='exponential' needs positive start and end values (got {first} -> {get(end)})")
-        if int(get("q_head_num_actions")) == 2 and _truthy(get("enable_entropy_regularization")):
+        if int(get("q_head_num_actions")) == 2 and truthy(get("enable_entropy_regularization")):
             errors.append("enable_entropy_regularization regularises the 3-action policy: with q_head_num_actions=2 "
                           "set it to False")
         return errors
+
+    @classmethod
+    def causal_refusals(cls, values: Mapping[str, Any]) -> List[str]:
+        return ["causal=True: HESC is not a language model (its capsules, planning and DQN read the whole "
+                "sequence); language models are name='trm' or 'transformer' with causal=True (configs/text.py)"]
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,7 +226,3 @@ class HESCConfig(TRMConfig):
     def from_any(cls, cfg: Union["HESCConfig", Mapping[str, Any], Any]) -> "HESCConfig":
         return super().from_any.__func__(cls, cfg)  # type: ignore[attr-defined]
 
-
-def _truthy(value: Any) -> bool:
-    """A bool field as the command line may give it (``"false"``)."""
-    return value.lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)

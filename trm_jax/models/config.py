@@ -46,6 +46,10 @@ class ModelConfig:
     loss_type: str = "stablemax_cross_entropy"
     remat: str = "dots"  # "none", "dots", "dots_no_batch" or "full": activations kept per block for backward
     attention_impl: str = "auto"  # "auto", "xla" or "cudnn" (layers.resolve_attention_impl)
+    # A language model: causal self-attention, logits predict the next token at every position
+    # (docs/language_models.md). No puzzle prefix, no halting head: every row runs exactly
+    # halt_max_steps deep-supervision steps.
+    causal: bool = False
 
     # Keys the trainer keeps in the model section that are not hyper-parameters of the model:
     # ``name`` picks the family (trm_jax/families.py). Anything else that is not a field is refused.
@@ -142,7 +146,38 @@ class ModelConfig:
         reference's field names are kept so its configs map over, but a value this model
         does not implement must not be accepted and silently ignored.
         """
-        return []
+        return cls.causal_refusals(values) if truthy(cls._value(values, "causal")) else []
+
+    @classmethod
+    def _value(cls, values: Mapping[str, Any], name: str) -> Any:
+        """``values[name]``, else the field's default."""
+        if name in values:
+            return values[name]
+        return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+
+    # Fields a causal language model needs at one value: (field, required value, why).
+    CAUSAL_REQUIREMENTS: ClassVar[Tuple[Tuple[str, Any, str], ...]] = (
+        ("puzzle_emb_ndim", 0, "a language model has no puzzle identifiers (no puzzle-embedding prefix)"),
+        ("halt_exploration_prob", 0.0, "a causal model runs exactly halt_max_steps deep-supervision steps: "
+                                       "there is no halting to explore"),
+        ("loss_type", "softmax_cross_entropy", "perplexity, bits per byte and sampling read softmax probabilities"),
+    )
+
+    @classmethod
+    def causal_refusals(cls, values: Mapping[str, Any]) -> List[str]:
+        """Messages for fields a causal language model (``causal=True``) cannot honour."""
+        errors = []
+        for name, required, why in cls.CAUSAL_REQUIREMENTS:
+            value = cls._value(values, name)
+            if isinstance(required, bool):
+                same = truthy(value) == required
+            elif isinstance(required, float):
+                same = float(value) == required
+            else:
+                same = value == required
+            if not same:
+                errors.append(f"causal=True needs {name}={required!r} (got {value!r}): {why}")
+        return errors
 
     @classmethod
     def check_fields(cls, cfg: Union[Mapping[str, Any], Any]) -> None:
@@ -242,6 +277,11 @@ class TRMConfig(ModelConfig):
 
     FAMILY: ClassVar[str] = "TRM"
     POSITIVE_FIELDS: ClassVar[Tuple[str, ...]] = ModelConfig.POSITIVE_FIELDS + ("H_cycles", "L_cycles", "L_layers")
+    CAUSAL_REQUIREMENTS: ClassVar[Tuple[Tuple[str, Any, str], ...]] = ModelConfig.CAUSAL_REQUIREMENTS + (
+        ("mlp_t", False, "mlp_t mixes every position into every other (a SwiGLU over the sequence), so a "
+                         "future token would change an earlier position's prediction"),
+        ("no_ACT_continue", True, "a causal model has no halting head to bootstrap"),
+    )
     LATENTS: ClassVar[Tuple[str, ...]] = ("z_H", "z_L")
 
     @classmethod
@@ -254,6 +294,13 @@ class TRMConfig(ModelConfig):
                           "L_layers blocks updates both z_L and z_H; the HRM, name='hrm', is the model with an "
                           "H module), so H_layers must be 0; set the depth with L_layers")
         return errors
+
+
+def truthy(value: Any) -> bool:
+    """A bool field's value as the command line may give it ("True", "false", 1)."""
+    if isinstance(value, str):
+        return value.lower() in ("1", "true", "yes")
+    return bool(value)
 
 
 # Keys of the reference's Hydra arch yaml that have no field of that name here.

@@ -150,8 +150,9 @@ def resolve_attention_impl(impl: str, dtype, head_dim: int, has_bias: bool = Fal
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array],
-                    implementation: str) -> jax.Array:
-    """Non-causal attention over ``[B, S, H, K]`` q/k/v; ``bias`` broadcastable to ``[B, H, S, S]``.
+                    implementation: str, causal: bool = False) -> jax.Array:
+    """Attention over ``[B, S, H, K]`` q/k/v; ``bias`` broadcastable to ``[B, H, S, S]``; ``causal``:
+    position ``i`` attends to positions ``<= i`` only (a language model).
 
     cuDNN's kernel rejects an odd sequence length in training (Sudoku: 81 + 16 = 97): the
     sequence is then padded by one position that no query attends to (``key_value_seq_lengths``)
@@ -161,13 +162,13 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax
     if bias is not None:
         bias = jnp.broadcast_to(bias, (B, H, S, S)).astype(q.dtype)
     if implementation != "cudnn" or S % 2 == 0:
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=False,
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal,
                                             implementation=None if implementation == "xla" else implementation)
-    return padded_attention(q, k, v, bias, implementation)
+    return padded_attention(q, k, v, bias, implementation, causal)
 
 
 def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array],
-                     implementation: str) -> jax.Array:
+                     implementation: str, causal: bool = False) -> jax.Array:
     """Attention of ``[B, S, H, K]`` inputs computed on ``S + 1`` positions, the extra one masked out."""
     B, S, _, _ = q.shape
     pad = ((0, 0), (0, 1), (0, 0), (0, 0))
@@ -175,19 +176,21 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[ja
     if bias is not None:
         bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 1), (0, 1)))
     lengths = jnp.full((B,), S, jnp.int32)
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=False, query_seq_lengths=lengths,
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal, query_seq_lengths=lengths,
                                        key_value_seq_lengths=lengths,
                                        implementation=None if implementation == "xla" else implementation)
     return out[:, :S]
 
 
 class Attention(nn.Module):
-    """Non-causal multi-head self-attention with a fused qkv projection, no biases."""
+    """Multi-head self-attention with a fused qkv projection, no biases; ``causal``: each position
+    attends to itself and earlier positions only."""
 
     hidden_size: int
     num_heads: int
     dtype: jnp.dtype = jnp.float32
     implementation: str = "xla"  # "auto", "xla" or "cudnn" (see resolve_attention_impl)
+    causal: bool = False
 
     @nn.compact
     def __call__(self, x_BSD: jax.Array, cos_sin: Optional[CosSin], bias: Optional[jax.Array] = None) -> jax.Array:
@@ -200,7 +203,7 @@ class Attention(nn.Module):
         if cos_sin is not None:
             q, k = apply_rope(q, k, cos_sin)
         impl = resolve_attention_impl(self.implementation, self.dtype, head_dim, has_bias=bias is not None)
-        out = fused_attention(q, k, v, bias, impl)
+        out = fused_attention(q, k, v, bias, impl, self.causal)
         out = out.reshape(B, S, self.num_heads * head_dim)
         return casted_dense(self.hidden_size, False, self.dtype, "o_proj")(out)
 

@@ -36,6 +36,9 @@ class TransformerConfig(ModelConfig):
 
     FAMILY: ClassVar[str] = "transformer baseline"
     POSITIVE_FIELDS: ClassVar[Tuple[str, ...]] = ModelConfig.POSITIVE_FIELDS + ("H_layers",)
+    CAUSAL_REQUIREMENTS: ClassVar[Tuple[Tuple[str, Any, str], ...]] = ModelConfig.CAUSAL_REQUIREMENTS + tuple(
+        (name, False, "a causal model has no halting head (every row runs halt_max_steps steps)")
+        for name in ("act_enabled", "act_inference", "compute_target_q"))
 
     def value_errors(self) -> List[str]:
         errors = super().value_errors()
@@ -45,11 +48,12 @@ class TransformerConfig(ModelConfig):
 
     @classmethod
     def refused_values(cls, values: Mapping[str, Any]) -> List[str]:
+        errors = super().refused_values(values)
         h_cycles = values.get("H_cycles", 1)
         if h_cycles != 1:
-            return [f"H_cycles={h_cycles}: the transformer baseline runs its H_layers once per ACT step "
-                    "(the reference keeps H_cycles for compatibility only), so H_cycles must be 1"]
-        return []
+            errors.append(f"H_cycles={h_cycles}: the transformer baseline runs its H_layers once per ACT step "
+                          "(the reference keeps H_cycles for compatibility only), so H_cycles must be 1")
+        return errors
 
 
 class TransformerInner(TRMInner):
@@ -71,7 +75,8 @@ class Transformer(TRM):
 
     def halting_active(self, train: bool, adaptive: bool) -> bool:
         cfg = self.config
-        return cfg.halt_max_steps > 1 and (cfg.act_enabled if train else (cfg.act_inference or adaptive))
+        return (cfg.halt_max_steps > 1 and not cfg.causal
+                and (cfg.act_enabled if train else (cfg.act_inference or adaptive)))
 
     def bootstraps_q(self, train: bool) -> bool:
         return train and self.halting_active(train, False) and self.config.compute_target_q

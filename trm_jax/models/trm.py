@@ -44,9 +44,8 @@ class Block(nn.Module):
             mixed = SwiGLU(cfg.total_len, cfg.expansion, cfg.dtype, name="mlp_t")(h_BDS)
             h_BSD = jnp.swapaxes(rms_norm(h_BDS + mixed, cfg.rms_norm_eps), 1, 2)
         else:
-            attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.dtype,
-                             implementation=cfg.attention_impl,
-                             name="self_attn")
+            attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.dtype, implementation=cfg.attention_impl,
+                             causal=cfg.causal, name="self_attn")
             h_BSD = rms_norm(h_BSD + attn(h_BSD, cos_sin, bias), cfg.rms_norm_eps)
         mlp = SwiGLU(cfg.hidden_size, cfg.expansion, cfg.dtype, name="mlp")
         return rms_norm(h_BSD + mlp(h_BSD), cfg.rms_norm_eps)
@@ -258,7 +257,13 @@ class TRMInner(nn.Module):
 
     # ------------------------------------------------------------------ heads
     def halt_logits(self, z_H: jax.Array) -> Tuple[jax.Array, jax.Array]:
-        """``(q_halt [B], q_continue [B])`` float32 logits of the halting head, read at position 0."""
+        """``(q_halt [B], q_continue [B])`` float32 logits of the halting head, read at position 0.
+
+        A causal model has no halting head (position 0 sees only the first token, and every row runs
+        ``halt_max_steps`` steps): zeros, and no ``q_head`` parameters."""
+        if self.cfg.causal:
+            zeros = jnp.zeros(z_H.shape[:1], jnp.float32)
+            return zeros, zeros
         q_B2 = self.q_head(z_H[:, 0]).astype(jnp.float32)
         return q_B2[:, 0], q_B2[:, 1]
 
@@ -303,8 +308,9 @@ class TRM(nn.Module):
     # ACT hooks (the TRM's): see trm_jax/models/act.py.
     def halting_active(self, train: bool, adaptive: bool) -> bool:
         """Whether the halting policy may stop a row before ``halt_max_steps``: while training (ACT)
-        and in an adaptive evaluation. The reference evaluates with exactly ``halt_max_steps``."""
-        return self.config.halt_max_steps > 1 and (train or adaptive)
+        and in an adaptive evaluation. The reference evaluates with exactly ``halt_max_steps``.
+        A causal language model never halts early (it has no halting head)."""
+        return self.config.halt_max_steps > 1 and not self.config.causal and (train or adaptive)
 
     def bootstraps_q(self, train: bool) -> bool:
         """Whether this step computes ``target_q_continue`` from a second forward (Q-learning of the
@@ -359,31 +365,37 @@ def build_model(model_cfg: Any) -> TRM:
 def dummy_batch(model_cfg: Any, batch_size: int = 1) -> Dict[str, jax.Array]:
     """A zero batch with the model's shapes (for ``init`` and shape checks)."""
     cfg = _typed(model_cfg)
-    return {
+    batch = {
         "inputs": jnp.zeros((batch_size, cfg.seq_len), jnp.int32),
         "labels": jnp.zeros((batch_size, cfg.seq_len), jnp.int32),
         "puzzle_identifiers": jnp.zeros((batch_size,), jnp.int32),
     }
+    if cfg.causal:  # the UTF-8 bytes a row's labels stand for (bits per byte; trm_jax/lm/objective.py)
+        batch["label_bytes"] = jnp.zeros((batch_size,), jnp.int32)
+    return batch
 
 
 def random_batch(model_cfg: Any, batch_size: int, key: jax.Array) -> Dict[str, jax.Array]:
     """Random tokens of the model's shapes (benchmarks and smoke runs; no dataset needed)."""
     cfg = _typed(model_cfg)
     k_in, k_lab, k_id = jax.random.split(key, 3)
-    return {
+    batch = {
         "inputs": jax.random.randint(k_in, (batch_size, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
         "labels": jax.random.randint(k_lab, (batch_size, cfg.seq_len), 1, cfg.vocab_size, jnp.int32),
         "puzzle_identifiers": jax.random.randint(k_id, (batch_size,), 0, cfg.num_puzzle_identifiers, jnp.int32),
     }
+    if cfg.causal:
+        batch["label_bytes"] = jnp.full((batch_size,), 3 * cfg.seq_len, jnp.int32)
+    return batch
 
 
 def init_variables(model_cfg: Any, key: jax.Array) -> Dict[str, Any]:
     """Freshly initialised variables ``{'params': ..., 'buffers': ...}`` (reference init), any architecture."""
-    from trm_jax.families import family_of
+    from trm_jax.families import family_of, objective_of
 
     family = family_of(model_cfg)
     cfg = family.config_cls.from_any(model_cfg)
     model = family.model_cls(cfg)
     batch = model.example_batch(1)
     return dict(model.init({"params": key}, model.initial_carry(batch), batch, train=False,
-                           **family.objective.init_inputs(cfg)))
+                           **objective_of(cfg).init_inputs(cfg)))
