@@ -92,9 +92,10 @@ def language_model(variants: Set[str], seq_len: int, vocab_size: int, **size: An
         from trm_jax.models.transformer import TransformerConfig
 
         shared = {k: v for k, v in size.items() if k not in ("H_cycles", "L_cycles", "L_layers")}
-        return model_section(TransformerConfig, "transformer", **data, **shared, H_layers=size.get("L_layers", 2),
-                             act_enabled=False, act_inference=False, compute_target_q=False)
-    return trm_model(**data, **size)
+        return model_section(TransformerConfig, "transformer", **{
+            **data, "H_layers": size.get("L_layers", 2), "act_enabled": False, "act_inference": False,
+            "compute_target_q": False, **shared})
+    return trm_model(**{**data, **size})
 
 
 def training(**overrides) -> ml_collections.ConfigDict:

@@ -162,7 +162,7 @@ def main(argv) -> None:
         import readline  # noqa: F401  (line editing and history for input, where available)
     except ImportError:
         pass
-    lm.warm_up(1, lm.config.seq_len)
+    lm.warm_up(1)
     chat = Chat(lm, _MAX_NEW.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _SEED.value, write)
     try:
         run(lm, chat, read_line, write)

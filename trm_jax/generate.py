@@ -42,7 +42,7 @@ def main(argv) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     prompt = lm.prompt(_PROMPT.value)
-    lm.warm_up(len(prompt), _MAX_NEW.value)
+    lm.warm_up(len(prompt))
     try:
         for i in range(_NUM_SAMPLES.value):
             if _NUM_SAMPLES.value > 1:

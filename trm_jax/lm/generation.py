@@ -1,13 +1,13 @@
 """Text from a trained causal model: load a run, sample tokens one at a time, stream them.
 
-Cost. Every new token runs the model's whole recursion (``halt_max_steps`` ACT steps of
-``H_cycles x (L_cycles + 1)`` applications of the shared module) over the context so far: the
-recursion's later cycles read every position's state from the earlier cycles, so a key/value cache
-would need one cache per module application; this implementation recomputes instead. It reuses what
-causality allows cheaply: the context is cut to the smallest power-of-two length that holds it
-(positions after the last token cannot change its logits), so a short prompt costs a short forward,
-and each length's step is compiled once, ahead of time, outside the measured tokens/s. When the
-context is full (``seq_len`` tokens) the oldest tokens are dropped (rotary positions are relative).
+Cost. A causal model's earlier positions never change when a token is appended, so each new token
+runs the recursion over that one position only, reading the earlier positions' keys and values from
+a cache that holds them for every application of every attention module (trm_jax/lm/kv_cache.py;
+exact: ``tests/test_language.py`` compares the cached logits with a full forward). The prompt is
+processed in one forward (its length rounded up to a power of two, so few shapes compile); each
+shape is compiled once, ahead of time, and that time is reported apart from tokens/s. When the
+context is full (``seq_len`` tokens) the cache is rebuilt from the last ``seq_len / 2`` tokens (one
+prompt-sized forward; rotary positions are relative, so the model sees an ordinary context).
 Measured tokens/s are in the README ("Language models").
 """
 from __future__ import annotations
@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline import tokenizer as bpe
+from trm_jax.lm import kv_cache
 from trm_jax.lm.sampling import Sampling, next_token
 
 
@@ -31,7 +32,7 @@ class GenerationError(ValueError):
 
 @dataclasses.dataclass
 class GenerationStats:
-    """``tokens`` produced in ``seconds`` (sampling only); ``compile_seconds`` spent compiling."""
+    """``tokens`` produced in ``seconds`` (prompt processing and sampling); ``compile_seconds`` apart."""
 
     tokens: int = 0
     seconds: float = 0.0
@@ -42,10 +43,8 @@ class GenerationStats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def _buckets(seq_len: int, fixed: bool) -> List[int]:
-    """Context lengths a step is compiled for: powers of two from 16, then ``seq_len``."""
-    if fixed:
-        return [seq_len]
+def _prompt_lengths(seq_len: int) -> List[int]:
+    """Lengths a prompt forward is compiled for: powers of two from 16, then ``seq_len``."""
     sizes, n = [], 16
     while n < seq_len:
         sizes.append(n)
@@ -67,27 +66,32 @@ class LanguageModel:
             raise GenerationError(f"{source or 'this model'} is not a language model (config.model.causal is "
                                   "False): generate and chat need a run of configs/code.py or configs/text.py")
         self.config = model_cfg
-        self.family = family_of(model_cfg)
-        self.variables = variables
+        self.model_cls = family_of(model_cfg).model_cls
+        self.variables = {k: v for k, v in variables.items() if k in ("params", "buffers")}
         self.tokenizer = tokenizer
         self.source = source
-        self.buckets = _buckets(model_cfg.seq_len, fixed=model_cfg.pos_encodings == "learned")
+        self.prompt_lengths = _prompt_lengths(model_cfg.seq_len)
+        self.applications = kv_cache.count_applications(self.model_cls, model_cfg, self.variables)
         self._compiled: Dict[int, Any] = {}
         self.stats = GenerationStats()
 
     @classmethod
     def load(cls, path: str, ema: bool = True) -> "LanguageModel":
         """The run at ``path`` (a workdir, its checkpoints/ or a step directory) and its tokenizer."""
+        from trm_jax.families import family_of
         from trm_jax.pretrained import restore_run
 
         run = restore_run(path, ema=ema)
-        family_cfg = _typed(run.config.model)
+        model_cfg = family_of(run.config.model).config_cls.from_any(run.config.model)
         workdir = os.path.dirname(os.path.dirname(run.info.path))
         tok_path = os.path.join(workdir, bpe.FILE_NAME)
+        if not getattr(model_cfg, "causal", False):
+            raise GenerationError(f"{run.info.path} is not a language model (config.model.causal is False): "
+                                  "generate and chat need a run of configs/code.py or configs/text.py")
         if not os.path.isfile(tok_path):
             raise GenerationError(f"{tok_path}: no tokenizer beside the checkpoint {run.info.path} (a language "
                                   "run copies its dataset's tokenizer.json into its workdir when it starts)")
-        return cls(family_cfg, run.variables, bpe.load(tok_path), source=run.info.path)
+        return cls(model_cfg, run.variables, bpe.load(tok_path), source=run.info.path)
 
     # -- text <-> tokens ------------------------------------------------------------------------
     def encode(self, text: str) -> List[int]:
@@ -96,39 +100,38 @@ class LanguageModel:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def prompt(self, text: str) -> List[int]:
+        """Token ids of ``text`` as the start of a document (the separator first, as every training document)."""
+        return [bpe.SEPARATOR_ID] + self.encode(text)
+
     # -- decoding --------------------------------------------------------------------------------
     def _step(self, length: int):
-        """The compiled ``(variables, tokens [1, length], last, key, temperature, top_k, top_p) -> token``."""
+        """``(variables, cache, tokens [1, length], pos, last, key, temperature, top_k, top_p) -> (token, cache)``:
+        ``length`` new tokens at ``pos ..``, the token sampled after token ``last`` of them, compiled once."""
         if length not in self._compiled:
-            cfg = dataclasses.replace(self.config, seq_len=length)
-            model = self.family.model_cls(cfg)
+            cfg, model_cls = self.config, self.model_cls
 
-            def step(variables, tokens, last, key, temperature, top_k, top_p):
-                batch = {"inputs": tokens, "labels": jnp.zeros_like(tokens),
-                         "puzzle_identifiers": jnp.zeros(tokens.shape[:1], jnp.int32),
-                         "label_bytes": jnp.zeros(tokens.shape[:1], jnp.int32)}
-                carry = model.initial_carry(batch)
-                for _ in range(cfg.halt_max_steps):  # every row runs exactly halt_max_steps steps
-                    carry, out = model.apply(variables, carry, batch, train=False)
-                logits = jax.lax.dynamic_index_in_dim(out["logits"], last, axis=1, keepdims=False)
-                return next_token(logits, key, temperature, top_k, top_p)
+            def step(variables, cache, tokens, pos, last, key, temperature, top_k, top_p):
+                logits, cache = kv_cache.decode_forward(model_cls, cfg, variables, kv_cache.at_position(cache, pos),
+                                                        tokens)
+                logits_V = jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False)
+                return next_token(logits_V, key, temperature, top_k, top_p), cache
 
             start = time.perf_counter()
-            args = (self.variables, jnp.zeros((1, length), jnp.int32), jnp.int32(0), jax.random.PRNGKey(0),
-                    *Sampling().as_arrays().values())
-            self._compiled[length] = jax.jit(step).lower(*args).compile()
+            args = (self.variables, kv_cache.init_cache(cfg, self.applications, 1), jnp.zeros((1, length), jnp.int32),
+                    jnp.int32(0), jnp.int32(0), jax.random.PRNGKey(0), *Sampling().as_arrays().values())
+            self._compiled[length] = jax.jit(step, donate_argnums=1).lower(*args).compile()
             self.stats.compile_seconds += time.perf_counter() - start
         return self._compiled[length]
 
-    def bucket(self, n: int) -> int:
-        return next(b for b in self.buckets if b >= n)
+    def prompt_length(self, n: int) -> int:
+        return next(b for b in self.prompt_lengths if b >= n)
 
-    def warm_up(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """Compile every context length a generation of this size will use (so tokens/s excludes it)."""
-        for b in self.buckets:
-            if b >= self.bucket(min(prompt_tokens, self.config.seq_len)) and \
-                    (b == self.buckets[0] or b // 2 < prompt_tokens + max_new_tokens):
-                self._step(b)
+    def warm_up(self, prompt_tokens: int) -> None:
+        """Compile the prompt forward and the one-token step (so tokens/s excludes compilation)."""
+        self._step(self.prompt_length(min(prompt_tokens, self.config.seq_len)))
+        self._step(self.prompt_length(self.config.seq_len // 2))  # the rebuild when the context is full
+        self._step(1)
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(),
                seed: int = 0, stop_ids: Sequence[int] = (bpe.SEPARATOR_ID,)) -> Iterator[int]:
@@ -141,26 +144,29 @@ class LanguageModel:
         S = self.config.seq_len
         context = list(prompt_ids)[-S:]
         key = jax.random.PRNGKey(seed)
-        settings = sampling.as_arrays()
+        settings = tuple(sampling.as_arrays().values())
+        cache = kv_cache.init_cache(self.config, self.applications, 1)
+        pending = context  # tokens not yet in the cache
+        pos = 0
         for i in range(max_new_tokens):
-            n = len(context)
-            length = self.bucket(n)
-            step = self._step(length)
+            if pos + len(pending) > S:  # full: rebuild from the most recent half of the context
+                pending, pos = context[-(S // 2):], 0
+            n = len(pending)
+            length = 1 if n == 1 else self.prompt_length(n)
             tokens = np.zeros((1, length), np.int32)
-            tokens[0, :n] = context
+            tokens[0, :n] = pending
             start = time.perf_counter()
-            token_N = step(self.variables, tokens, jnp.int32(n - 1), jax.random.fold_in(key, i), *settings.values())
+            token_N, cache = self._step(length)(self.variables, cache, tokens, jnp.int32(pos), jnp.int32(n - 1),
+                                                jax.random.fold_in(key, i), *settings)
             token = int(token_N[0])
             self.stats.seconds += time.perf_counter() - start
+            pos += n
             if token in stop_ids:
                 return
             self.stats.tokens += 1
             yield token
-            context = (context + [token])[-S:]
-
-    def prompt(self, text: str) -> List[int]:
-        """Token ids of ``text`` as the start of a document (the separator first, as every training document)."""
-        return [bpe.SEPARATOR_ID] + self.encode(text)
+            context.append(token)
+            pending = [token]
 
     def generate(self, text: str, max_new_tokens: int, sampling: Sampling = Sampling(), seed: int = 0) -> str:
         """The continuation of ``text`` (not including it)."""
@@ -184,16 +190,3 @@ def stream_text(lm: LanguageModel, tokens: Iterator[int]) -> Iterator[str]:
     text = lm.decode(ids)
     if text.startswith(shown) and text != shown:
         yield text[len(shown):]
-
-
-def _typed(model_section: Any) -> Any:
-    from trm_jax.families import family_of
-
-    return family_of(model_section).config_cls.from_any(model_section)
-
-
-def default_sampling(temperature: Optional[float] = None, top_k: Optional[int] = None,
-                     top_p: Optional[float] = None) -> Sampling:
-    base = Sampling()
-    return Sampling(base.temperature if temperature is None else temperature,
-                    base.top_k if top_k is None else top_k, base.top_p if top_p is None else top_p)

@@ -106,10 +106,11 @@ class SwiGLU(nn.Module):
         return casted_dense(self.hidden_size, False, self.dtype, "down_proj")(nn.silu(gate) * up)
 
 
-def rope_cos_sin(head_dim: int, max_len: int, theta: float) -> CosSin:
-    """cos/sin tables ``[max_len, head_dim]`` (float32), half-split layout."""
+def rope_cos_sin(head_dim: int, max_len: int, theta: float, offset: jax.Array | int = 0) -> CosSin:
+    """cos/sin tables ``[max_len, head_dim]`` (float32), half-split layout, of positions
+    ``offset .. offset + max_len - 1`` (``offset``: the first new token's position when decoding)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    t = jnp.arange(max_len, dtype=jnp.float32)
+    t = jnp.arange(max_len, dtype=jnp.float32) + jnp.asarray(offset, jnp.float32)
     freqs = jnp.outer(t, inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
@@ -202,11 +203,45 @@ class Attention(nn.Module):
         q, k, v = jnp.split(qkv, 3, axis=2)  # each [B, S, H, K]
         if cos_sin is not None:
             q, k = apply_rope(q, k, cos_sin)
-        impl = resolve_attention_impl(self.implementation, self.dtype, head_dim, has_bias=bias is not None)
-        out = fused_attention(q, k, v, bias, impl, self.causal)
+        if self.has_variable(DECODE_CACHE, "index"):  # decoding a causal model (trm_jax/lm/kv_cache.py)
+            out = self.cached_attention(q, k, v)
+        else:
+            impl = resolve_attention_impl(self.implementation, self.dtype, head_dim, has_bias=bias is not None)
+            out = fused_attention(q, k, v, bias, impl, self.causal)
         out = out.reshape(B, S, self.num_heads * head_dim)
         return casted_dense(self.hidden_size, False, self.dtype, "o_proj")(out)
 
+
+    def cached_attention(self, q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array) -> jax.Array:
+        """Causal attention of ``T`` new positions ``pos .. pos + T - 1`` over every position so far.
+
+        The ``cache`` collection holds, for each application of this module in one forward (the
+        recursion applies it many times, each with its own keys and values), ``k``/``v``
+        ``[A, B, S, H, K]``, plus ``index`` (the application under way) and ``pos``. This writes the new
+        keys/values into slot ``index`` and attends to positions ``<= pos + i``; without ``k`` (the
+        pass that counts applications) it attends among the new positions only.
+        """
+        index = self.variable(DECODE_CACHE, "index", lambda: jnp.zeros((), jnp.int32))
+        a = index.value
+        index.value = a + 1
+        if not self.has_variable(DECODE_CACHE, "k"):
+            return jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, is_causal=True)
+        pos = self.get_variable(DECODE_CACHE, "pos")
+        keys, values = self.variable(DECODE_CACHE, "k", None), self.variable(DECODE_CACHE, "v", None)
+        start = (a, 0, pos, 0, 0)
+        keys.value = jax.lax.dynamic_update_slice(keys.value, k_BTHK[None].astype(keys.value.dtype), start)
+        values.value = jax.lax.dynamic_update_slice(values.value, v_BTHK[None].astype(values.value.dtype), start)
+        k_BSHK = jax.lax.dynamic_index_in_dim(keys.value, a, 0, keepdims=False)
+        v_BSHK = jax.lax.dynamic_index_in_dim(values.value, a, 0, keepdims=False)
+        T, S = q_BTHK.shape[1], k_BSHK.shape[1]
+        mask_TS = jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None]
+        return jax.nn.dot_product_attention(q_BTHK, k_BSHK.astype(q_BTHK.dtype), v_BSHK.astype(q_BTHK.dtype),
+                                            mask=mask_TS[None, None])
+
+
+# Variable collection of a causal model's decoding state (keys/values per attention application,
+# positions): trm_jax/lm/kv_cache.py builds it; absent in training and evaluation.
+DECODE_CACHE = "cache"
 
 # Variable collection of zero row offsets that turns the puzzle table's gradient row-sparse
 # (see trm_jax/puzzle_rows.py).

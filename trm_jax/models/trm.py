@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from trm_jax.models.act import act_step
 from trm_jax.models.carry import ACTCarry, init_buffer_name, initial_carry
 from trm_jax.models.config import ModelConfig, TRMConfig
-from trm_jax.models.layers import (Attention, CastedEmbedding, CosSin, SwiGLU, casted_dense, constrain_batch,
-                                   rms_norm, rope_cos_sin, trunc_normal_init)
+from trm_jax.models.layers import (DECODE_CACHE, Attention, CastedEmbedding, CosSin, SwiGLU, casted_dense,
+                                   constrain_batch, rms_norm, rope_cos_sin, trunc_normal_init)
 
 
 class Block(nn.Module):
@@ -85,7 +85,9 @@ def scan_module(body, length: int, n_broadcast: int, n_scanned: int = 0):
     """``nn.scan`` of ``body(module, carry, *scanned_args, *broadcast_args)`` over ``length`` steps,
     sharing the module's parameters and buffers (one copy of the weights in the compiled graph).
     ``n_scanned`` leading arguments are sliced along their first axis, one slice per step."""
-    return nn.scan(body, variable_broadcast=["params", "buffers"], split_rngs={"params": False},
+    # A causal model's decoding cache is carried: each application of a module fills its own slot.
+    return nn.scan(body, variable_broadcast=["params", "buffers"], variable_carry=[DECODE_CACHE],
+                   split_rngs={"params": False},
                    in_axes=(0,) * n_scanned + (nn.broadcast,) * n_broadcast, length=length)
 
 
@@ -183,7 +185,8 @@ class TRMInner(nn.Module):
         parts += [p for p in (extra, tok_BLD) if p is not None]
         emb = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         if cfg.pos_encodings == "learned":
-            emb = 0.707106781 * (emb + self.embed_pos(jnp.arange(cfg.total_len)))  # 1/sqrt(2) keeps the variance
+            positions = self.position_offset() + jnp.arange(cfg.total_len)
+            emb = 0.707106781 * (emb + self.embed_pos(positions))  # 1/sqrt(2) keeps the variance
         return math.sqrt(D) * emb, info
 
     def extra_positions(self, tok_BLD: Optional[jax.Array], data: Mapping[str, jax.Array],
@@ -195,9 +198,16 @@ class TRMInner(nn.Module):
     def recursion_context(self, ctx: Any) -> Dict[str, Any]:
         """What every cycle reads (broadcast through the scans): rotary tables and an attention bias."""
         cfg = self.cfg
-        cos_sin = (rope_cos_sin(cfg.hidden_size // cfg.num_heads, cfg.total_len, cfg.rope_theta)
-                   if cfg.pos_encodings == "rope" else None)
+        cos_sin = (rope_cos_sin(cfg.hidden_size // cfg.num_heads, cfg.total_len, cfg.rope_theta,
+                                self.position_offset()) if cfg.pos_encodings == "rope" else None)
         return {"cos_sin": cos_sin, "bias": None}
+
+    def position_offset(self) -> jax.Array | int:
+        """The position of the first input token: 0, or when decoding with a key/value cache
+        (trm_jax/lm/kv_cache.py) the number of tokens already in it."""
+        if self.has_variable(DECODE_CACHE, "pos"):
+            return self.get_variable(DECODE_CACHE, "pos")
+        return 0
 
     def cycle_state_init(self, batch_size: int) -> Any:
         """Per-row state carried through the H-cycles (the TRM carries none)."""
