@@ -34,6 +34,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(name="code", data_dir="", options=dict(
         source="", extensions="python", vocab_size=vocab, seq_len=seq_len, max_documents=0)))
     if tiny:
-        config.update(dict(global_batch_size=16, epochs=2, eval_interval=0.1, checkpoint_interval=500, lr=1e-3,
+        config.update(dict(global_batch_size=16, epochs=1, eval_interval=0.25, checkpoint_interval=500, lr=1e-3,
                            lr_warmup_steps=50, log_interval=20))
     return config

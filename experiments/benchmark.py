@@ -196,6 +196,8 @@ def main(_):
         "compile_s": round(compile_s, 2),
         "ms_per_step": round(step_s * 1e3, 2),
         "examples_per_s": round(B / step_s, 1),
+        # A language model's rows are seq_len tokens each (configs/code.py, configs/text.py).
+        "tokens_per_s": round(B * model_cfg.seq_len / step_s, 1) if model_cfg.causal else None,
         "attention": "none (mlp_t)" if getattr(model_cfg, "mlp_t", False) else resolve_attention_impl(
             model_cfg.attention_impl, model_cfg.dtype, model_cfg.hidden_size // model_cfg.num_heads),
         "model_tflops_per_step": round(model_flops / 1e12, 3),

@@ -33,6 +33,10 @@ def _read(path: str) -> str:
     return open(path).read().strip() if os.path.exists(path) else ""
 
 
+def _f(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _final_eval(workdir: str, records: list) -> dict:
     """The --eval_only metrics of the last checkpoint (eval/<step>/metrics.json), else the last evaluation."""
     files = sorted(glob.glob(os.path.join(workdir, "eval", "*", "metrics.json")),
@@ -68,6 +72,7 @@ def main(_):
                        generation=_read(os.path.join(_RUNS.value, f"{task}_{arch}.speed.txt")),
                        model={k: config["model"].get(k) for k in ("name", "hidden_size", "H_cycles", "L_cycles",
                                                                    "L_layers", "H_layers", "seq_len", "vocab_size")})
+            row["curve"] = ev
             rows.append(row)
     for i, task in enumerate(("code", "text")):
         axes[0][i].set_title(f"{task}: validation bits per byte"), axes[0][i].set_xlabel("step"), axes[0][i].legend()
@@ -75,16 +80,24 @@ def main(_):
     fig.suptitle(f"configs/{{code,text}}.py:tiny, TRM vs transformer at equal parameters, {_BUDGET.value} s each")
     fig.tight_layout()
     fig.savefig(_OUT.value + ".png", dpi=100)
-    with open(_OUT.value + ".jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    # The same data seen: each model's validation bits/byte at the last evaluation at or before the
+    # step the slower model reached in the budget.
+    for task in ("code", "text"):
+        same = [r for r in rows if r["task"] == task]
+        if not same:
+            continue
+        common = min(r["steps"] for r in same)
+        for r in same:
+            at = [(step, v) for step, v in r["curve"] if step <= common]
+            r["same_data"] = at[-1] if at else (None, float("nan"))
     lines.append("| task | model | steps in budget | train tokens/s | val bits/byte | val perplexity "
-                 "| val next-token acc | generation |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+                 "| val next-token acc | val bits/byte at the other's step | generation |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        lines.append(f"| {r['task']} | {r['arch']} | {r['steps']} | {r['train_tokens_per_s']:.0f} | "
-                     f"{r['eval_bits_per_byte']:.3f} | {r['eval_perplexity']:.1f} | {r['eval_accuracy']:.3f} | "
-                     f"{r['generation'].strip('[]')} |")
+        step, value = r.get("same_data", (None, float("nan")))
+        lines.append(f"| {r['task']} | {r['arch']} | {r['steps']} | {_f(r['train_tokens_per_s'], 0)} | "
+                     f"{_f(r['eval_bits_per_byte'], 3)} | {_f(r['eval_perplexity'], 1)} | {_f(r['eval_accuracy'], 3)} | "
+                     f"{_f(value, 3)} (step {step}) | {r['generation'].strip('[]')} |")
     for task in ("code", "text"):
         speed = _read(os.path.join(_RUNS.value, f"{task}_default.speed.txt"))
         if speed:
@@ -92,6 +105,9 @@ def main(_):
     for r in rows:
         lines.append(f"\n### Samples: {r['task']} / {r['arch']}\n\n```\n"
                      f"{_read(os.path.join(_RUNS.value, r['task'] + '_' + r['arch'] + '.samples.txt'))}\n```")
+    with open(_OUT.value + ".jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps({k: v for k, v in row.items() if k != "curve"}) + "\n")
     print("\n".join(lines))
     with open(_OUT.value + ".table.md", "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -4,7 +4,7 @@
 #
 #   experiments/gpu_benchmarks.sh OUT_DIR [PARTS] [REFERENCE_DIR]
 #
-# PARTS: comma-separated from env,parity,sudoku,arc,hesc,torch, or all (the default).
+# PARTS: comma-separated from env,parity,sudoku,arc,hesc,torch,lm, or all (the default).
 #
 # Results are appended as JSON lines to OUT_DIR/gpu_results.jsonl; the console log says
 # which command produced each. REFERENCE_DIR is a checkout of
@@ -43,6 +43,17 @@ fi
 if has hesc; then
   run 400 python3 experiments/benchmark_hesc.py --batch_size=96 --steps=40 --rounds=5 --dtype=bfloat16 \
       --out="$OUT/hesc_overhead_gpu.md"
+fi
+if has lm; then
+  # The language models at their default (GPU) sizes: training tokens/s and MFU, TRM and baseline;
+  # then generation tokens/s from a one-step run (the speed does not depend on the weights).
+  for task in code text; do
+    run 200 $B --config=configs/$task.py
+    run 150 $B --config=configs/$task.py:transformer
+    run 300 python3 -m trm_jax.main --config=configs/$task.py --workdir="$OUT/${task}_default" --config.max_steps=1
+    run 200 python3 -m trm_jax.generate --workdir="$OUT/${task}_default" --prompt="def" --max_new_tokens=256 \
+        --temperature=0
+  done
 fi
 if has torch; then
   R="python3 experiments/benchmark_torch_reference.py --reference_dir=$REF --steps=20 --json_out=$J"

@@ -5,9 +5,11 @@
 #   BUDGET=900 OUT=/tmp/lm bash experiments/lm_budget.sh        # -> experiments/results/language_cpu.*
 #
 # For each of configs/code.py:tiny and configs/text.py:tiny the two runs train at the same time
-# (one per core of a 2-core machine: the same conditions for both) and are stopped by SIGINT after
-# BUDGET seconds (the trainer saves a checkpoint and exits); an --eval_only run then scores the
-# checkpoint on the whole validation split. Generation tokens/s: the trained tiny runs, and the GPU
+# (one per core of a 2-core machine: the same conditions for both) on the same long schedule
+# (epochs=50, so neither reaches its end and both keep the same learning rate at every step) and are
+# stopped by SIGINT after BUDGET seconds (the trainer saves a checkpoint and exits); the periodic
+# evaluations (code: every 0.05 epoch, text: every 0.5) count in the budget. An --eval_only run then
+# scores the last checkpoint on the whole validation split. Generation tokens/s: the trained tiny runs, and the GPU
 # default sizes (configs/*.py with no variant; one training step, the speed does not depend on the weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,14 +23,16 @@ for task in code text; do
   for arch in trm transformer; do
     variant=tiny; [ "$arch" = transformer ] && variant=tiny,transformer
     rm -rf "$OUT/${task}_$arch"
+    every=0.5; [ "$task" = code ] && every=0.05
     timeout -s INT "$BUDGET" python -m trm_jax.main --config=configs/$task.py:$variant \
-      --workdir="$OUT/${task}_$arch" > "$OUT/${task}_$arch.log" 2>&1 &
+      --workdir="$OUT/${task}_$arch" --config.epochs=50 --config.eval_interval=$every \
+      > "$OUT/${task}_$arch.log" 2>&1 &
   done
   wait || true
   for arch in trm transformer; do
     variant=tiny; [ "$arch" = transformer ] && variant=tiny,transformer
     python -m trm_jax.main --config=configs/$task.py:$variant --workdir="$OUT/${task}_$arch" --eval_only \
-      > "$OUT/${task}_$arch.eval.log" 2>&1
+      --config.epochs=50 > "$OUT/${task}_$arch.eval.log" 2>&1
   done
 done
 # Samples and generation speed of the trained tiny models.

@@ -12,6 +12,8 @@ Public API::
     state_dict = trm_jax.to_torch(variables, model_cfg)     # and back (torch tensors)
     trm_jax.save_torch(variables, model_cfg, "step_N.pt")   # a reference .pt, written without torch
     config, variables = trm_jax.load_checkpoint(workdir)    # a trained run's config and (EMA) weights
+    lm = trm_jax.LanguageModel.load(workdir)                # a language run (configs/code.py, text.py):
+    text = lm.generate("def fib(n):", max_new_tokens=64, sampling=trm_jax.Sampling(temperature=0))
 """
 from trm_jax.losses import act_loss, normalize_metrics, softmax_cross_entropy, stablemax_cross_entropy
 from trm_jax.families import initial_carry
@@ -20,6 +22,8 @@ from trm_jax.models import (ACTCarry, ConfigError, ModelConfig, TRM, TRMConfig, 
 from trm_jax.pt_format import PtFormatError, UnsafeCheckpointError, load_pt, save_pt
 from trm_jax.torch_io import StateDictError, from_torch, save_torch, to_torch
 from trm_jax.pretrained import CheckpointInfo, load_checkpoint
+from trm_jax.lm.generation import LanguageModel
+from trm_jax.lm.sampling import Sampling
 
 __version__ = "0.1.0"
 
@@ -29,4 +33,4 @@ __all__ = [
     "random_batch", "stablemax_cross_entropy", "to_torch",
     "PtFormatError", "UnsafeCheckpointError", "load_pt", "save_pt", "save_torch",
 ]
-__all__ += ["CheckpointInfo", "load_checkpoint"]
+__all__ += ["CheckpointInfo", "load_checkpoint", "LanguageModel", "Sampling"]

@@ -15,11 +15,14 @@ from typing import Callable, Dict, List, Optional
 
 from absl import app, flags, logging
 
+from trm_jax.lm.generation import stream_text
+from trm_jax.lm.sampling import Sampling
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (or a checkpoints/<step> directory).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "At most this many tokens per reply.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0: greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
-_TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus sampling threshold (1: off).")
+_TEMPERATURE = flags.DEFINE_float("temperature", Sampling.temperature, "Sampling temperature; 0: greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", Sampling.top_k, "Sample among the k most likely tokens (0: all).")
+_TOP_P = flags.DEFINE_float("top_p", Sampling.top_p, "Nucleus sampling threshold (1: off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (reply i uses seed + i).")
 
 HELP = ("commands: /reset  /temperature T  /top_k K  /top_p P  /max_tokens N  /help  /quit   "
@@ -69,8 +72,6 @@ class Chat:
         return True
 
     def _check(self, name: str, value: float) -> None:
-        from trm_jax.lm.sampling import Sampling
-
         if name == "max_tokens":
             if not 1 <= value < self.lm.config.seq_len:
                 raise ValueError(f"max_tokens must be in [1, {self.lm.config.seq_len})")
@@ -79,9 +80,6 @@ class Chat:
 
     def reply(self, message: str) -> str:
         """Append ``message``, stream the model's continuation to the terminal, keep both; returns the reply."""
-        from trm_jax.lm.generation import stream_text
-        from trm_jax.lm.sampling import Sampling
-
         lm, s = self.lm, self.settings
         max_new = int(s["max_tokens"])
         self.history += lm.encode(message.rstrip("\n") + "\n")
@@ -89,11 +87,10 @@ class Chat:
         if len(self.history) > room:
             self.history = self.history[-room:]
             self.write(f"(conversation trimmed to its last {room} tokens)\n")
-        reply_ids: List[int] = []
         text = ""
         tokens = lm.stream(self.history, max_new, Sampling(s["temperature"], int(s["top_k"]), s["top_p"]),
                            seed=self.seed + self.turn)
-        for piece in stream_text(lm, _collect(tokens, reply_ids)):
+        for piece in stream_text(lm, tokens):
             if "\n\n" in text + piece:  # a blank line ends the reply
                 piece = (text + piece).split("\n\n", 1)[0][len(text):]
                 self.write(piece)
@@ -105,12 +102,6 @@ class Chat:
         self.turn += 1
         self.history += lm.encode(text.rstrip("\n") + "\n")
         return text
-
-
-def _collect(tokens, into: List[int]):
-    for t in tokens:
-        into.append(t)
-        yield t
 
 
 def read_line(prompt: str) -> Optional[str]:
@@ -144,7 +135,6 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)
     from trm_jax.checkpoint import CheckpointError
     from trm_jax.lm.generation import GenerationError, LanguageModel
-    from trm_jax.lm.sampling import Sampling
 
     def write(text: str) -> None:
         sys.stdout.write(text)

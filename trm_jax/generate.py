@@ -13,12 +13,15 @@ import sys
 
 from absl import app, flags, logging
 
+from trm_jax.lm.sampling import Sampling
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (or a checkpoints/<step> directory).")
 _PROMPT = flags.DEFINE_string("prompt", "", "The text to continue (a document's beginning).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "At most this many tokens per sample.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0: greedy (argmax).")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
-_TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus sampling: the smallest set with this probability (1: all).")
+_TEMPERATURE = flags.DEFINE_float("temperature", Sampling.temperature, "Sampling temperature; 0: greedy (argmax).")
+_TOP_K = flags.DEFINE_integer("top_k", Sampling.top_k, "Sample among the k most likely tokens (0: all).")
+_TOP_P = flags.DEFINE_float("top_p", Sampling.top_p, "Nucleus sampling: the smallest set with this probability "
+                            "(1: all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same text.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Continuations to generate, one after another.")
 _RAW = flags.DEFINE_bool("raw_weights", False, "Use the raw parameters, not the EMA weights.")
@@ -31,7 +34,6 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)
     from trm_jax.checkpoint import CheckpointError
     from trm_jax.lm.generation import GenerationError, LanguageModel, stream_text
-    from trm_jax.lm.sampling import Sampling
 
     try:
         if _MAX_NEW.value < 1 or _NUM_SAMPLES.value < 1:

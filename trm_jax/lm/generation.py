@@ -165,7 +165,7 @@ class LanguageModel:
                 return
             self.stats.tokens += 1
             yield token
-            context.append(token)
+            context = (context + [token])[-S:]
             pending = [token]
 
     def generate(self, text: str, max_new_tokens: int, sampling: Sampling = Sampling(), seed: int = 0) -> str:
