@@ -1,6 +1,6 @@
 """Talk to a trained language model: each message is appended to the conversation and the model continues it.
 
-    python -m trm_jax.chat --workdir=runs/text_tiny [--temperature=0.8 --top_k=0 --top_p=0.95 --max_new_tokens=128]
+    python -m trm_jax.chat --workdir=runs/text_tiny [--temperature=0.8 --top_k=0 --top_p=0.95 --max_new_tokens=64]
 
 The model is a plain language model (trained on code or documentation, not on dialogues): a reply is
 its continuation of the conversation so far, which ends at the document separator, a blank line or
@@ -19,7 +19,8 @@ from trm_jax.lm.generation import stream_text
 from trm_jax.lm.sampling import Sampling
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (or a checkpoints/<step> directory).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "At most this many tokens per reply.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "At most this many tokens per reply (0: half the model's "
+                                 "context window, at most 128; the rest holds the conversation).")
 _TEMPERATURE = flags.DEFINE_float("temperature", Sampling.temperature, "Sampling temperature; 0: greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", Sampling.top_k, "Sample among the k most likely tokens (0: all).")
 _TOP_P = flags.DEFINE_float("top_p", Sampling.top_p, "Nucleus sampling threshold (1: off).")
@@ -143,7 +144,8 @@ def main(argv) -> None:
     try:
         Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
         lm = LanguageModel.load(_WORKDIR.value)
-        if not 1 <= _MAX_NEW.value < lm.config.seq_len:
+        max_new = _MAX_NEW.value or min(128, lm.config.seq_len // 2)
+        if not 1 <= max_new < lm.config.seq_len:
             raise GenerationError(f"--max_new_tokens must be in [1, {lm.config.seq_len}) (the context window)")
     except (CheckpointError, GenerationError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -153,7 +155,7 @@ def main(argv) -> None:
     except ImportError:
         pass
     lm.warm_up(1)
-    chat = Chat(lm, _MAX_NEW.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _SEED.value, write)
+    chat = Chat(lm, max_new, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _SEED.value, write)
     try:
         run(lm, chat, read_line, write)
     except KeyboardInterrupt:  # Ctrl-C: leave quietly
