@@ -42,6 +42,8 @@ def _with_action_bias(variables, bias):
     return {**variables, "params": params}
 
 
+# Slow step: one of the heaviest fast tests (the fast suite's time is near its ~15 minute budget).
+@pytest.mark.slow
 def test_expand_changes_exactly_one_capsule_per_row_and_costs():
     cfg, model, variables, batch, memory = _init()
     apply = jax.jit(lambda v, c: model.apply(v, c, batch, train=False, memory=memory))
@@ -147,6 +149,8 @@ def _capsule_model(**overrides):
     return cfg, model, dict(variables), batch, memory
 
 
+# Slow step: one of the heaviest fast tests (the fast suite's time is near its ~15 minute budget).
+@pytest.mark.slow
 def test_capsule_mode_predicts_masked_concepts_only():
     cfg, model, variables, batch, memory = _capsule_model()
     k, B = cfg.k, 4
