@@ -98,6 +98,36 @@ def language_model(variants: Set[str], seq_len: int, vocab_size: int, **size: An
     return trm_model(**{**data, **size})
 
 
+# The language configs' GPU size (configs/code.py, configs/text.py); ``tiny`` shrinks width and dtype.
+LANGUAGE_SIZE: Dict[str, Any] = dict(hidden_size=512, num_heads=8, expansion=4.0, L_layers=2, H_cycles=2, L_cycles=2,
+                                     halt_max_steps=1)
+LANGUAGE_TINY_SIZE: Dict[str, Any] = dict(LANGUAGE_SIZE, hidden_size=128, num_heads=4, forward_dtype="float32")
+LANGUAGE_VARIANTS = ("tiny", "transformer")
+
+
+def language_config(arg: Optional[str], dataset: str, seq_len: int, data_options: Dict[str, Any],
+                    tiny_epochs: int, tiny_eval_interval: float) -> ml_collections.ConfigDict:
+    """The config of a language dataset (``code``, ``text``): the causal TRM (or, variant
+    ``transformer``, the baseline) at :data:`LANGUAGE_SIZE` with ``seq_len`` and vocabulary 4096, or
+    with ``tiny`` at :data:`LANGUAGE_TINY_SIZE`, sequence 128, vocabulary 2048 and a CPU schedule of
+    ``tiny_epochs`` epochs evaluated every ``tiny_eval_interval`` epochs. ``data_options``: the
+    dataset's own options (``source``, ...)."""
+    variants = parse_variants(arg, LANGUAGE_VARIANTS)
+    tiny = "tiny" in variants
+    seq_len, vocab = (128, 2048) if tiny else (seq_len, 4096)
+    config = training(
+        global_batch_size=64, epochs=20, eval_interval=2.0, checkpoint_interval=1000, lr=3e-4, lr_min_ratio=0.1,
+        lr_warmup_steps=200, weight_decay=0.1, log_interval=50, puzzle_emb_lr=0.0, puzzle_emb_weight_decay=0.0,
+    )
+    config.model = language_model(variants, seq_len, vocab, **(LANGUAGE_TINY_SIZE if tiny else LANGUAGE_SIZE))
+    config.data = ml_collections.ConfigDict(dict(name=dataset, data_dir="", options=dict(
+        **data_options, vocab_size=vocab, seq_len=seq_len, max_documents=0)))
+    if tiny:
+        config.update(dict(global_batch_size=16, epochs=tiny_epochs, eval_interval=tiny_eval_interval,
+                           checkpoint_interval=500, lr=1e-3, lr_warmup_steps=50, log_interval=20))
+    return config
+
+
 def training(**overrides) -> ml_collections.ConfigDict:
     """Top-level training fields with the reference ``cfg_pretrain.yaml`` names and defaults."""
     cfg = ml_collections.ConfigDict(dict(

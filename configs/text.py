@@ -15,24 +15,11 @@ separators, or ``.jsonl``), WikiText raw (``wiki.train.raw``), or a directory of
 import ml_collections
 
 from configs import common
-from configs.code import SIZE, TINY_SIZE
 
-VARIANTS = ("tiny", "transformer")
+VARIANTS = common.LANGUAGE_VARIANTS
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    variants = common.parse_variants(arg, VARIANTS)
-    tiny = "tiny" in variants
-    seq_len, vocab = (128, 2048) if tiny else (256, 4096)
-    config = common.training(
-        global_batch_size=64, epochs=20, eval_interval=2.0, checkpoint_interval=1000, lr=3e-4, lr_min_ratio=0.1,
-        lr_warmup_steps=200, weight_decay=0.1, log_interval=50, puzzle_emb_lr=0.0, puzzle_emb_weight_decay=0.0,
-    )
-    config.model = common.language_model(variants, seq_len, vocab, **(TINY_SIZE if tiny else SIZE))
     # source "": the Python documentation shipped with the interpreter (README "Language models").
-    config.data = ml_collections.ConfigDict(dict(name="text", data_dir="", options=dict(
-        source="", text_field="text", vocab_size=vocab, seq_len=seq_len, max_documents=0)))
-    if tiny:
-        config.update(dict(global_batch_size=16, epochs=4, eval_interval=0.5, checkpoint_interval=500, lr=1e-3,
-                           lr_warmup_steps=50, log_interval=20))
-    return config
+    return common.language_config(arg, "text", 256, dict(source="", text_field="text"),
+                                  tiny_epochs=4, tiny_eval_interval=0.5)

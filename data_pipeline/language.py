@@ -44,11 +44,20 @@ class LanguageDatasetBuilder(PuzzleDatasetBuilder):
 
     batch_extras: ClassVar[tuple[str, ...]] = ("label_bytes",)
     artifacts: ClassVar[tuple[str, ...]] = (bpe.FILE_NAME,)
+    VERSION = tfds.core.Version("1.0.0")
+    PRESETS = {"tiny": dict(vocab_size=2048, seq_len=128)}
+    # The config-name words for the offline default source ("") and for a user's source.
+    SOURCE_NAMES: ClassVar[tuple[str, str]] = ("default", "files")
 
     # -- hooks ---------------------------------------------------------------------------------
     def documents(self) -> Iterator[lm_sources.SourceDocument]:
         """Every document of the source, in a fixed order."""
         raise NotImplementedError
+
+    @classmethod
+    def summary(cls, options: Any) -> str:
+        source = cls.SOURCE_NAMES[bool(options.source)]
+        return f"{source}_v{options.vocab_size}_L{options.seq_len}"
 
     # -- metadata ------------------------------------------------------------------------------
     def static_metadata(self) -> StaticMetadata:
@@ -139,18 +148,37 @@ class LanguageDatasetBuilder(PuzzleDatasetBuilder):
 
 
 @dataclasses.dataclass(frozen=True)
-class CodeOptions:
-    """Options of ``code``: ``source`` "" = the running interpreter's standard library, else a
-    directory, file or glob of source files with the ``extensions`` given by language names or suffixes
-    (``python,javascript`` or ``.py,.js``)."""
+class LanguageOptions:
+    """The options every language dataset has: where the documents are (``source`` "" = the
+    dataset's offline default), the BPE size, the row length, the validation share, how many
+    documents to read (0: all) and the split seed."""
 
     source: str = ""
-    extensions: str = "python"
     vocab_size: int = 4096
     seq_len: int = 512
     validation_fraction: float = 0.05
-    max_documents: int = 0   # 0: every document
+    max_documents: int = 0
     seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeOptions(LanguageOptions):
+    """``source`` "" = the running interpreter's standard library, else a directory, file or glob of
+    source files with the ``extensions`` given by language names or suffixes (``python,javascript`` or
+    ``.py,.js``)."""
+
+    extensions: str = "python"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextOptions(LanguageOptions):
+    """``source`` "" = the Python documentation shipped with the interpreter (the language reference's
+    topics and the standard library's docstrings, as prose), else a file or directory of TinyStories
+    ``.txt``/``.jsonl``, WikiText ``.raw``, or ``.txt``/``.jsonl``/``.parquet`` files whose documents
+    are in ``text_field``."""
+
+    seq_len: int = 256
+    text_field: str = "text"
 
 
 @register_dataset
@@ -158,9 +186,8 @@ class CodeDataset(LanguageDatasetBuilder):
     """Source code for a causal language model (the PyTorch system's ``code_optimized`` data)."""
 
     name = "code"
-    VERSION = tfds.core.Version("1.0.0")
     Options = CodeOptions
-    PRESETS = {"tiny": dict(vocab_size=2048, seq_len=128)}
+    SOURCE_NAMES = ("stdlib", "src")
 
     @classmethod
     def normalize_options(cls, options: Any) -> Any:
@@ -168,28 +195,8 @@ class CodeDataset(LanguageDatasetBuilder):
         extensions = ",".join(lm_sources.parse_extensions(options.extensions))
         return dataclasses.replace(options, extensions=extensions)
 
-    @classmethod
-    def summary(cls, options: Any) -> str:
-        return f"{'stdlib' if not options.source else 'src'}_v{options.vocab_size}_L{options.seq_len}"
-
     def documents(self) -> Iterator[lm_sources.SourceDocument]:
         return lm_sources.code_documents(self.options.source, tuple(self.options.extensions.split(",")))
-
-
-@dataclasses.dataclass(frozen=True)
-class TextOptions:
-    """Options of ``text``: ``source`` "" = the Python documentation shipped with the interpreter
-    (the language reference's topics and the standard library's docstrings, as prose), else a
-    file or directory of TinyStories ``.txt``/``.jsonl``, WikiText ``.raw``, or ``.txt``/``.jsonl``/
-    ``.parquet`` files whose documents are in ``text_field``."""
-
-    source: str = ""
-    text_field: str = "text"
-    vocab_size: int = 4096
-    seq_len: int = 256
-    validation_fraction: float = 0.05
-    max_documents: int = 0
-    seed: int = 0
 
 
 @register_dataset
@@ -197,13 +204,8 @@ class TextDataset(LanguageDatasetBuilder):
     """Natural language for a causal language model (the PyTorch system's ``text_optimized`` data)."""
 
     name = "text"
-    VERSION = tfds.core.Version("1.0.0")
     Options = TextOptions
-    PRESETS = {"tiny": dict(vocab_size=2048, seq_len=128)}
-
-    @classmethod
-    def summary(cls, options: Any) -> str:
-        return f"{'pydoc' if not options.source else 'files'}_v{options.vocab_size}_L{options.seq_len}"
+    SOURCE_NAMES = ("pydoc", "files")
 
     def documents(self) -> Iterator[lm_sources.SourceDocument]:
         return lm_sources.text_documents(self.options.source, self.options.text_field)

@@ -43,6 +43,12 @@ class GenerationStats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def _require_causal(model_cfg: Any, source: str) -> None:
+    if not getattr(model_cfg, "causal", False):
+        raise GenerationError(f"{source} is not a language model (config.model.causal is False): generate and "
+                              "chat need a run of configs/code.py or configs/text.py")
+
+
 def _prompt_lengths(seq_len: int) -> List[int]:
     """Lengths a prompt forward is compiled for: powers of two from 16, then ``seq_len``."""
     sizes, n = [], 16
@@ -62,9 +68,7 @@ class LanguageModel:
     def __init__(self, model_cfg: Any, variables: Dict[str, Any], tokenizer: Any, source: str = ""):
         from trm_jax.families import family_of
 
-        if not getattr(model_cfg, "causal", False):
-            raise GenerationError(f"{source or 'this model'} is not a language model (config.model.causal is "
-                                  "False): generate and chat need a run of configs/code.py or configs/text.py")
+        _require_causal(model_cfg, source or "this model")
         self.config = model_cfg
         self.model_cls = family_of(model_cfg).model_cls
         self.variables = {k: v for k, v in variables.items() if k in ("params", "buffers")}
@@ -85,9 +89,7 @@ class LanguageModel:
         model_cfg = family_of(run.config.model).config_cls.from_any(run.config.model)
         workdir = os.path.dirname(os.path.dirname(run.info.path))
         tok_path = os.path.join(workdir, bpe.FILE_NAME)
-        if not getattr(model_cfg, "causal", False):
-            raise GenerationError(f"{run.info.path} is not a language model (config.model.causal is False): "
-                                  "generate and chat need a run of configs/code.py or configs/text.py")
+        _require_causal(model_cfg, run.info.path)  # before looking for a tokenizer a puzzle run never has
         if not os.path.isfile(tok_path):
             raise GenerationError(f"{tok_path}: no tokenizer beside the checkpoint {run.info.path} (a language "
                                   "run copies its dataset's tokenizer.json into its workdir when it starts)")
