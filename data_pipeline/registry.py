@@ -17,10 +17,11 @@ from data_pipeline.builder import PuzzleDatasetBuilder
 
 _REGISTRY: dict[str, type[PuzzleDatasetBuilder]] = {}
 # Dataset name -> module, for names that do not match their module's file name.
-_MODULES: dict[str, str] = {"code": "data_pipeline.language", "text": "data_pipeline.language"}
+_MODULES: dict[str, str] = {"code": "data_pipeline.language", "text": "data_pipeline.language",
+                             "rendered_text": "data_pipeline.vision", "arc_pixels": "data_pipeline.vision"}
 _NOT_DATASET_MODULES = {"arrays", "board_builder", "builder", "build", "common", "csv_format", "ensure", "generation", "grids",
                         "loader", "registry", "sampling", "source", "sudoku_logic", "maze_logic",
-                        "language", "lm_sources", "tokenizer"}
+                        "language", "lm_sources", "tokenizer", "vision", "render"}
 
 B = TypeVar("B", bound=type[PuzzleDatasetBuilder])
 

@@ -26,15 +26,18 @@ ARCHS = ("hrm", "trm_singlez", "trm_hier6", "transformer")
 KNOWN_VARIANTS = {
     "sudoku": ("mlp", "tiny") + ARCHS,
     "maze": ("tiny",) + ARCHS,
-    "arc": ("arc2", "tiny") + ARCHS,
+    "arc": ("arc2", "tiny", "pixels", "unified") + ARCHS,
     "hesc": ("full", "tiny", "text", "arc"),
+    "vision": ("tiny", "unified"),
 }
 # The combinations the config files' docstrings document: these must build.
 DOCUMENTED = {
     "sudoku": ["", "mlp", "tiny", "mlp,tiny"] + [f"{a}{t}" for a in ARCHS for t in ("", ",tiny")]
     + ["mlp,trm_singlez", "mlp,hrm"],
     "maze": ["", "tiny"] + [f"{a}{t}" for a in ARCHS for t in ("", ",tiny")],
-    "arc": ["", "arc2", "tiny", "arc2,tiny"] + [f"{a}{t}" for a in ARCHS for t in ("", ",tiny")],
+    "arc": ["", "arc2", "tiny", "arc2,tiny", "pixels", "tiny,pixels", "pixels,unified", "tiny,pixels,unified"]
+    + [f"{a}{t}" for a in ARCHS for t in ("", ",tiny")],
+    "vision": ["", "tiny", "unified", "tiny,unified"],
     "hesc": ["", "full", "tiny", "text", "tiny,arc", "tiny,text"],
 }
 

@@ -20,6 +20,10 @@ def normalize_eval_metrics(sums: Mapping[str, float]) -> Dict[str, float]:
     count = float(sums.get("count", 0.0))
     out = {f"eval/{k}": float(v) / max(count, 1.0) for k, v in sums.items() if k != "count"}
     out["eval/count"] = count
+    if "read_count" in sums:  # greedy reading (models/vision.py): over the rows read left to right
+        reads = max(float(sums["read_count"]), 1.0)
+        out.update({f"eval/{k}": float(sums[k]) / reads for k in ("char_accuracy", "line_accuracy")})
+        out["eval/read_count"] = float(sums["read_count"])
     out.update(language_metrics(out, "eval", token_mean_loss=True))  # perplexity, bits per byte (a language model's)
     return out
 

@@ -18,6 +18,7 @@ import optax
 
 from trm_jax import optim, puzzle_rows
 from trm_jax.losses import act_loss
+from trm_jax.models import vision
 from trm_jax.models.act import row_where
 from trm_jax.train_state import TrainState
 
@@ -163,15 +164,23 @@ def make_eval_batch(model: Any, adaptive: bool = False, with_trace: bool = False
         inputs = objective.eval_inputs(cfg, aux)
         apply = lambda carry: model.apply(variables, carry, batch, train=False, adaptive=adaptive, **inputs)  # noqa: E731
         carry = model.initial_carry(batch)
-        if not adaptive:
+
+        def fixed_steps(batch):
+            """Exactly ``halt_max_steps`` supervision steps of every row from a fresh carry."""
+            apply = lambda carry: model.apply(variables, carry, batch, train=False, **inputs)  # noqa: E731
+
             def one_step(carry, _):
                 carry, out = apply(carry)
                 return carry, _per_step(out, jnp.ones_like(carry.halted))
 
-            carry, per_step = jax.lax.scan(one_step, carry, None, length=cfg.halt_max_steps - 1)
+            carry, per_step = jax.lax.scan(one_step, model.initial_carry(batch), None, length=cfg.halt_max_steps - 1)
             final_carry, out = apply(carry)
             per_step = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), per_step,
                                     _per_step(out, jnp.ones_like(final_carry.halted)))
+            return final_carry, out, per_step
+
+        if not adaptive:
+            final_carry, out, per_step = fixed_steps(batch)
         else:
             carry, out = apply(carry)  # step 1: every row starts; the loop's state has the outputs' structure
             first = _per_step(out, jnp.ones_like(carry.halted))
@@ -197,6 +206,13 @@ def make_eval_batch(model: Any, adaptive: bool = False, with_trace: bool = False
         _, metrics = objective.step_metrics(cfg, final_carry, out)
         metrics.update(objective.eval_metrics(cfg, final_carry.halted, out, per_step))
         preds = jnp.argmax(out["logits"], axis=-1).astype(jnp.int32)
+        if getattr(cfg, "prefix_lm", False):
+            # Rows read left to right are also generated greedily, each token from the model's own
+            # earlier ones (the teacher-forced metrics above see the true earlier tokens).
+            gen = vision.greedy_read(lambda tokens: fixed_steps({**batch, "inputs": tokens})[1]["logits"],
+                                     batch["inputs"])
+            metrics.update(vision.reading_metrics(gen, batch["labels"], batch["causal"]))
+            preds = jnp.where(batch["causal"].astype(bool)[:, None], gen, preds)
         if with_trace:
             return metrics, preds, out["q_halt_logits"], per_step
         return metrics, preds, out["q_halt_logits"]

@@ -48,7 +48,7 @@ def register(dataset_name: str):
 def make_evaluators(dataset_name: str, data_dir: str, options: Mapping[str, Any]) -> List[Evaluator]:
     """The evaluators that apply to a dataset (ARC: voting, pass@k, submission.json; Sudoku and Maze:
     per-example predictions.jsonl)."""
-    if dataset_name == "arc":
+    if dataset_name in ("arc", "arc_pixels"):
         import trm_jax.evaluators.arc  # noqa: F401  (registers the ARC evaluator; imports TFDS)
     elif dataset_name in ("sudoku", "maze"):
         import trm_jax.evaluators.boards  # noqa: F401  (registers the predictions writer)

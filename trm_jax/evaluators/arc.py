@@ -227,6 +227,7 @@ class ArcEvaluator:
 
 
 @register("arc")
+@register("arc_pixels")  # the same tasks with the input grids as images (data_pipeline/vision.py)
 def make_arc_evaluator(dataset_name: str, data_dir: Optional[str],
                        options: Mapping[str, Any]) -> ArcEvaluator:
     """The evaluator of a built ``arc`` dataset (its test split's columns)."""

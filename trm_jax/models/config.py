@@ -50,6 +50,25 @@ class ModelConfig:
     # (docs/language_models.md). No puzzle prefix, no halting head: every row runs exactly
     # halt_max_steps deep-supervision steps.
     causal: bool = False
+    # The pixel path (docs/vision.md): each example's ``image`` [H, W, 3] uint8 is cut into
+    # patch_size x patch_size patches, encoded (patch embedding + learned 2-D positions, no RoPE,
+    # then TRM blocks) and pooled into ``vision_capsules`` positions between the puzzle prefix and
+    # the tokens. image_height = image_width = 0: no image. With an image, a row whose ``causal``
+    # batch entry is 1 predicts its tokens left to right (a prefix-LM mask: the prefix and capsules
+    # are visible to every token, a token sees no later token).
+    image_height: int = 0
+    image_width: int = 0
+    patch_size: int = 16
+    vision_capsules: int = 12
+    vision_layers: int = 2  # blocks of the encoder's own TRM module (unused with vision_shared)
+    vision_pooling: str = "queries"  # "queries" (learned queries attend to the patches) or "regions"
+    # trm_unified: no encoder blocks of its own; the reasoning module's recursion (H_cycles cycles)
+    # runs over the patch tokens first, with the same weights that then reason over the sequence.
+    vision_shared: bool = False
+    # With an image: rows whose batch entry ``causal`` is 1 read their tokens left to right
+    # (models/vision.py:prefix_lm_bias); evaluation then also generates them greedily
+    # (eval/char_accuracy, eval/line_accuracy). False: every output is predicted at once (ARC).
+    prefix_lm: bool = False
 
     # Keys the trainer keeps in the model section that are not hyper-parameters of the model:
     # ``name`` picks the family (trm_jax/families.py). Anything else that is not a field is refused.
@@ -97,7 +116,57 @@ class ModelConfig:
                           f"{self.puzzle_len * self.hidden_size}")
         if not 0.0 <= self.halt_exploration_prob <= 1.0:
             errors.append(f"halt_exploration_prob={self.halt_exploration_prob} not in [0, 1]")
+        return errors + self.vision_errors()
+
+    def vision_errors(self) -> List[str]:
+        """Messages for an image input the encoder cannot cut into patches or pool."""
+        if (self.image_height > 0) != (self.image_width > 0):
+            return [f"image_height={self.image_height} and image_width={self.image_width}: set both (an image) "
+                    "or neither"]
+        if not self.has_image:
+            return ["prefix_lm=True reads the tokens after an image: set image_height and image_width"] \
+                if self.prefix_lm else []
+        errors = []
+        if self.patch_size < 1 or self.image_height % self.patch_size or self.image_width % self.patch_size:
+            errors.append(f"patch_size={self.patch_size} must divide image_height={self.image_height} and "
+                          f"image_width={self.image_width}")
+        elif self.vision_capsules < 1 or (self.vision_pooling == "regions"
+                                          and self.vision_capsules > self.num_patches):
+            errors.append(f"vision_capsules={self.vision_capsules} must be >= 1 (and at most the "
+                          f"{self.num_patches} patches with regions pooling)")
+        if self.vision_pooling not in ("queries", "regions"):
+            errors.append(f"vision_pooling={self.vision_pooling!r} not in ('queries', 'regions')")
+        if self.vision_layers < 1 and not self.vision_shared:
+            errors.append(f"vision_layers={self.vision_layers} must be >= 1 (or vision_shared=True)")
+        if self.causal:
+            errors.append("causal=True with an image: rows are generated left to right by their 'causal' batch "
+                          "entry (a prefix-LM mask over the image capsules), not by the model-wide causal switch")
+        if self.prefix_lm and getattr(self, "mlp_t", False):
+            errors.append("prefix_lm=True needs attention blocks (mlp_t mixes every position into every other)")
+        if self.vision_shared and getattr(self, "mlp_t", False):
+            errors.append("vision_shared=True needs attention blocks (mlp_t mixes a fixed sequence length; the "
+                          "patches are another)")
         return errors
+
+    @property
+    def has_image(self) -> bool:
+        """Whether every example carries an image (the pixel path)."""
+        return self.image_height > 0 and self.image_width > 0
+
+    @property
+    def patch_grid(self) -> Tuple[int, int]:
+        """``(rows, columns)`` of patches."""
+        return self.image_height // self.patch_size, self.image_width // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        rows, cols = self.patch_grid
+        return rows * cols
+
+    @property
+    def vision_len(self) -> int:
+        """Positions the image takes in the hidden sequence (its capsules), after the puzzle prefix."""
+        return self.vision_capsules if self.has_image else 0
 
     @property
     def puzzle_emb_len_setting(self) -> int:
@@ -121,8 +190,8 @@ class ModelConfig:
 
     @property
     def total_len(self) -> int:
-        """Length of the hidden sequence, ``seq_len + P``."""
-        return self.seq_len + self.puzzle_len
+        """Length of the hidden sequence, ``P + vision capsules + seq_len``."""
+        return self.puzzle_len + self.vision_len + self.seq_len
 
     @property
     def has_token_positions(self) -> bool:
@@ -131,8 +200,8 @@ class ModelConfig:
 
     @property
     def label_offset(self) -> int:
-        """Index of the first predicted position (after the puzzle prefix)."""
-        return self.puzzle_len
+        """Index of the first predicted position (after the puzzle prefix and any image capsules)."""
+        return self.puzzle_len + self.vision_len
 
     @property
     def dtype(self) -> Any:

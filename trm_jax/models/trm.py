@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from trm_jax.models.act import act_step
 from trm_jax.models.carry import ACTCarry, init_buffer_name, initial_carry
 from trm_jax.models.config import ModelConfig, TRMConfig
+from trm_jax.models.vision import CapsulePool, PatchEmbed, encoder_config, prefix_lm_bias
 from trm_jax.models.layers import (DECODE_CACHE, Attention, CastedEmbedding, CosSin, SwiGLU, casted_dense,
                                    constrain_batch, rms_norm, rope_cos_sin, trunc_normal_init)
 
@@ -141,6 +142,11 @@ class TRMInner(nn.Module):
         if cfg.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(cfg.total_len, D, std, cfg.dtype)
         self.make_levels()
+        if cfg.has_image:
+            self.patch_embed = PatchEmbed(cfg)
+            if not cfg.vision_shared:
+                self.vision_level = ReasoningModule(encoder_config(cfg), cfg.vision_layers)
+            self.capsule_pool = CapsulePool(cfg, cfg.vision_capsules, self.vision_children())
         self.lm_head = casted_dense(cfg.vocab_size, False, cfg.dtype)
         # Q starts near "never halt" (weight 0, bias -5) for stable bootstrapping, as in the reference.
         self.q_head = casted_dense(2, True, cfg.dtype, kernel_init=nn.initializers.zeros,
@@ -163,6 +169,9 @@ class TRMInner(nn.Module):
                 z[name] = jnp.where(reset_B[:, None, None], init, z[name])
         x_BSD, info = self.embed(data, ctx)
         rctx = self.recursion_context(ctx)
+        if cfg.has_image and cfg.prefix_lm:
+            lm_bias = prefix_lm_bias(data["causal"], cfg.total_len, cfg.label_offset)
+            rctx = {**rctx, "bias": lm_bias if rctx["bias"] is None else rctx["bias"] + lm_bias}
         z, cycle_info = self.recursion(z, constrain_batch(x_BSD), rctx, train)
         out_name = cfg.OUTPUT_LATENT
         z[out_name], plan_info = self.after_recursion(z[out_name], rctx)
@@ -191,8 +200,40 @@ class TRMInner(nn.Module):
 
     def extra_positions(self, tok_BLD: Optional[jax.Array], data: Mapping[str, jax.Array],
                         ctx: Any) -> Tuple[Optional[jax.Array], Dict[str, Any]]:
-        """Embeddings ``[B, k, D]`` (before the ``sqrt(D)`` scale) placed after the prefix; the TRM has none."""
-        return None, {}
+        """Embeddings ``[B, k, D]`` (before the ``sqrt(D)`` scale) placed after the prefix: the image's
+        capsules when the model reads an image; the TRM has none."""
+        if not self.cfg.has_image:
+            return None, {}
+        caps_BkD, _ = self.image_capsules(data)
+        return caps_BkD / math.sqrt(self.cfg.hidden_size), {}  # unit RMS, as the scaled token embeddings
+
+    # ------------------------------------------------------------------ the pixel path (models/vision.py)
+    def vision_children(self) -> int:
+        """Children per image capsule the pooling makes (HESC's expandable capsules; the TRM: none)."""
+        return 0
+
+    def image_capsules(self, data: Mapping[str, jax.Array]) -> Tuple[jax.Array, Optional[jax.Array]]:
+        """``(capsules [B, k, D], children [B, k, m, D] or None)``, unit RMS, of ``data['image']``."""
+        image = data.get("image")
+        if image is None:
+            raise ValueError("this model reads an image: the batch needs 'image' [B, H, W, 3] uint8")
+        cfg = self.cfg
+        if image.shape[1:] != (cfg.image_height, cfg.image_width, 3):
+            raise ValueError(f"image {image.shape[1:]} != the model's (image_height, image_width, 3) = "
+                             f"{(cfg.image_height, cfg.image_width, 3)}")
+        h_BND = self.patch_embed(image)
+        h_BND = self.encode_patches(h_BND) if cfg.vision_shared else self.vision_level(h_BND, None, None)
+        return self.capsule_pool(h_BND)
+
+    def encode_patches(self, x_BND: jax.Array) -> jax.Array:
+        """``trm_unified``: the model's own recursion over the patch tokens (every cycle differentiated,
+        bidirectional, no RoPE), from the latents' initial states; returns the output latent."""
+        cfg = self.cfg
+        z = {name: jnp.broadcast_to(self.get_variable("buffers", init_buffer_name(name)).astype(cfg.dtype),
+                                    x_BND.shape) for name in cfg.LATENTS}
+        rctx = {"cos_sin": None, "bias": None}
+        z, _ = scan_module(plain_cycle, cfg.H_cycles, 2)(self, z, x_BND, rctx)
+        return z[cfg.OUTPUT_LATENT]
 
     # ------------------------------------------------------------------ recursion
     def recursion_context(self, ctx: Any) -> Dict[str, Any]:
@@ -382,7 +423,18 @@ def dummy_batch(model_cfg: Any, batch_size: int = 1) -> Dict[str, jax.Array]:
     }
     if cfg.causal:  # the UTF-8 bytes a row's labels stand for (bits per byte; trm_jax/lm/objective.py)
         batch["label_bytes"] = jnp.zeros((batch_size,), jnp.int32)
-    return batch
+    return {**batch, **image_batch(cfg, batch_size)}
+
+
+def image_batch(cfg: ModelConfig, batch_size: int, key: Optional[jax.Array] = None) -> Dict[str, jax.Array]:
+    """The pixel path's batch entries (none without an image): ``image`` [B, H, W, 3] uint8 (zeros, or
+    random with ``key``) and ``causal`` [B] int32 (1: tokens read left to right, with ``prefix_lm``)."""
+    if not cfg.has_image:
+        return {}
+    shape = (batch_size, cfg.image_height, cfg.image_width, 3)
+    image = (jnp.zeros(shape, jnp.uint8) if key is None
+             else jax.random.randint(key, shape, 0, 256, jnp.int32).astype(jnp.uint8))
+    return {"image": image, "causal": jnp.full((batch_size,), int(cfg.prefix_lm), jnp.int32)}
 
 
 def random_batch(model_cfg: Any, batch_size: int, key: jax.Array) -> Dict[str, jax.Array]:
@@ -396,7 +448,7 @@ def random_batch(model_cfg: Any, batch_size: int, key: jax.Array) -> Dict[str, j
     }
     if cfg.causal:
         batch["label_bytes"] = jnp.full((batch_size,), 3 * cfg.seq_len, jnp.int32)
-    return batch
+    return {**batch, **image_batch(cfg, batch_size, jax.random.fold_in(key, 1))}
 
 
 def init_variables(model_cfg: Any, key: jax.Array) -> Dict[str, Any]:
