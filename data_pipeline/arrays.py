@@ -46,7 +46,7 @@ class ColumnWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, split: str, spool_dir: str | os.PathLike | None = None,
-                 auto_flush: bool = True):
+                 auto_flush: bool = True, chunk_rows: int | None = None):
         self.out_dir = os.fspath(out_dir)
         self.split = split
         # A caller-given spool outlives this writer (resumable builds); the default one is
@@ -55,6 +55,7 @@ class ColumnWriter:
         self.spool = (os.path.join(self.out_dir, f".spool_{split}_{uuid.uuid4().hex[:8]}")
                       if spool_dir is None else os.fspath(spool_dir))
         self.auto_flush = auto_flush
+        self.chunk_rows = chunk_rows or _CHUNK_ROWS
         self.rows: dict[str, list[Any]] = {}
         self.chunks: dict[str, list[str]] = {}   # field -> chunk file names inside the spool
         self.ranges: dict[str, tuple[int, int]] = {}
@@ -69,8 +70,8 @@ class ColumnWriter:
 
     @property
     def chunk_full(self) -> bool:
-        """Whether the pending rows make a chunk (``_CHUNK_ROWS`` rows or ``_CHUNK_BYTES``)."""
-        return self.pending >= _CHUNK_ROWS or self.pending_bytes >= _CHUNK_BYTES
+        """Whether the pending rows make a chunk (``chunk_rows``, default ``_CHUNK_ROWS``, or ``_CHUNK_BYTES``)."""
+        return self.pending >= self.chunk_rows or self.pending_bytes >= _CHUNK_BYTES
 
     def add(self, record: Mapping[str, Any]) -> None:
         for key, value in record.items():

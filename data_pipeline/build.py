@@ -1,7 +1,7 @@
 """Command line to build datasets (``ensure.ensure_built`` is the same from Python).
 
     python -m data_pipeline.build NAME [--data_dir DIR] [--preset P] [--rebuild]
-                                       [--num_workers N] [--OPTION VALUE ...]
+                                       [--num_workers N] [--shard_rows N] [--OPTION VALUE ...]
     python -m data_pipeline.build --list
 
 ``--OPTION`` are the dataset's builder options (``python -m data_pipeline.build NAME -h``
@@ -30,6 +30,8 @@ def _option_parser(name: str) -> argparse.ArgumentParser:
                         help="named option set; explicit options override it")
     parser.add_argument("--rebuild", action="store_true", help="delete and rebuild if present")
     parser.add_argument("--num_workers", type=int, default=None, help="generation processes")
+    parser.add_argument("--shard_rows", type=int, default=None,
+                        help="examples per committed shard (a run with data.incremental=True trains on them)")
     hints = typing.get_type_hints(cls.Options)
     group = parser.add_argument_group(f"{name} options")
     for field in dataclasses.fields(cls.Options):
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["preset"] = args.preset
     start = time.perf_counter()
     metadata = ensure_built(name, args.data_dir, options, rebuild=args.rebuild,
-                            num_workers=args.num_workers)
+                            num_workers=args.num_workers, shard_rows=args.shard_rows)
     seconds = time.perf_counter() - start
     builder = make_builder(name, args.data_dir, options)
     print(f"{name}: {builder.data_path} ({seconds:.1f} s)")

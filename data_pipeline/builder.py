@@ -286,6 +286,20 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     # Files of the built dataset a training run copies into its workdir (a language dataset's
     # tokenizer.json): what using a checkpoint needs besides the checkpoint.
     artifacts: ClassVar[tuple[str, ...]] = ()
+    # Examples per committed chunk of a build in progress (None: ~65k, arrays.py). A committed chunk
+    # is a shard a run can train on while the build goes on (data_pipeline/streaming.py); a
+    # dataset meant for incremental training commits small ones.
+    SHARD_ROWS: ClassVar[int | None] = None
+
+    def batch_view(self) -> Any:
+        """``view(batch, columns, indices) -> batch`` applied to every gathered batch, or None.
+
+        For what is cheaper to derive when read than to store: the pixel datasets render their
+        images from the stored text or grid here (data_pipeline/vision.py), where storing them
+        would take 150 KB per example (400 GB for ARC with 1000 augmentations). ``columns`` are
+        the split's stored columns, ``indices`` the example rows of the batch; it must be a pure
+        function of them (so a resumed run sees the same batches)."""
+        return None
 
     def __init_subclass__(cls, **kwargs: Any):
         # Datasets live in this package's registry (registry.py), not TFDS's global one, so a
@@ -294,12 +308,15 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         super().__init_subclass__(**kwargs)
 
     def __init__(self, *, options: Any = None, data_dir: str | None = None, num_workers: int = 1,
+                 shard_rows: int | None = None,
                  **kwargs: Any):
         opts = self.make_options(options)
         config = PuzzleBuilderConfig(name=self.config_name(opts), description=self.describe(opts),
                                      options=opts)
         self.options = opts
         self.num_workers = max(1, int(num_workers))  # generation speed only; not in the name
+        # Examples per committed shard of a build in progress (not in the name: the data is the same).
+        self.shard_rows = int(shard_rows or 0) or self.SHARD_ROWS
         self._checkpoints: dict[str, _SplitCheckpoint] = {}  # split -> its state while writing
         super().__init__(data_dir=data_dir, config=config, file_format="array_record", **kwargs)
 
@@ -382,6 +399,12 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
 
     def generate_groups(self, split: str) -> Iterator[PuzzleGroup]:
         raise NotImplementedError
+
+    def planned_size(self, split: str) -> tuple[int, int, int] | None:
+        """``(groups, puzzles, examples)`` that ``split`` will have, if known before generating it
+        (None: unknown). Incremental training needs the training split's, for the length of its
+        schedule while the build is still running (data_pipeline/streaming.py)."""
+        return None
 
     def generate_groups_from(self, split: str, start: int) -> Iterator[PuzzleGroup]:
         """The groups of ``split`` from group ``start`` on (a resumed build skips the groups it
@@ -481,7 +504,7 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         # spool); called any other way there is nothing to resume and no state is kept.
         checkpoint = self._checkpoints.get(split)
         progress = checkpoint.progress if checkpoint else _SplitProgress()
-        columns = ColumnWriter(columns_dir, split, auto_flush=checkpoint is None,
+        columns = ColumnWriter(columns_dir, split, auto_flush=checkpoint is None, chunk_rows=self.shard_rows,
                                spool_dir=checkpoint.columns_dir if checkpoint else None)
         if progress.examples:
             columns.restore(progress.columns)

@@ -18,7 +18,8 @@ from data_pipeline.builder import PuzzleDatasetBuilder
 _REGISTRY: dict[str, type[PuzzleDatasetBuilder]] = {}
 # Dataset name -> module, for names that do not match their module's file name.
 _MODULES: dict[str, str] = {"code": "data_pipeline.language", "text": "data_pipeline.language",
-                             "rendered_text": "data_pipeline.vision", "arc_pixels": "data_pipeline.vision"}
+                             "rendered_text": "data_pipeline.vision", "arc_pixels": "data_pipeline.vision",
+                             "vision_unified": "data_pipeline.vision"}
 _NOT_DATASET_MODULES = {"arrays", "board_builder", "builder", "build", "common", "csv_format", "ensure", "generation", "grids",
                         "loader", "registry", "sampling", "source", "sudoku_logic", "maze_logic",
                         "language", "lm_sources", "tokenizer", "vision", "render"}
@@ -72,11 +73,11 @@ def default_data_dir() -> str:
 
 
 def make_builder(name: str, data_dir: str | None = None, options: Mapping[str, Any] | None = None,
-                 num_workers: int = 1) -> PuzzleDatasetBuilder:
+                 num_workers: int = 1, shard_rows: int | None = None) -> PuzzleDatasetBuilder:
     """The TFDS builder of dataset ``name`` with ``options`` under ``data_dir`` (default above).
 
     Its ``data_path`` is ``<data_dir>/<name>/<config name derived from options>/<version>``.
     """
     cls = get_builder_cls(name)
     data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
-    return cls(options=options, data_dir=data_dir, num_workers=num_workers)
+    return cls(options=options, data_dir=data_dir, num_workers=num_workers, shard_rows=shard_rows)

@@ -88,8 +88,9 @@ class PuzzleSource:
     """Random access to one split (see module docstring); Grain ``RandomAccessDataSource``."""
 
     def __init__(self, columns: Mapping[str, np.ndarray], metadata: PuzzleDatasetMetadata,
-                 where: str = "<memory>", batch_extras: tuple[str, ...] = ()):
+                 where: str = "<memory>", batch_extras: tuple[str, ...] = (), view: Any = None):
         self.columns = dict(columns)
+        self.view = view  # the builder's batch_view (e.g. images rendered from the stored text)
         self.metadata = metadata
         self.where = where
         missing = set(batch_extras) - set(self.columns)
@@ -119,7 +120,8 @@ class PuzzleSource:
     def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The model's batch for example ``indices`` [b]: inputs/labels int32 [b, L] (-100 =
         ignore), puzzle_identifiers int32 [b], plus the builder's ``batch_extras`` [b, ...]
-        (integers widened to int32, except images: uint8 [b, H, W, C])."""
+        (integers widened to int32, except images: uint8 [b, H, W, C]), then the builder's
+        ``batch_view`` (PuzzleDatasetBuilder.batch_view) if it has one."""
         idx = np.asarray(indices, dtype=np.int64)
         batch = {
             "inputs": self.columns["inputs"][idx].astype(np.int32),
@@ -132,7 +134,7 @@ class PuzzleSource:
                 batch[key] = values  # images [b, H, W, C] stay bytes: 4x less host memory and transfer
             else:
                 batch[key] = values.astype(np.int32) if values.dtype.kind in "iub" else values
-        return batch
+        return batch if self.view is None else self.view(batch, self.columns, idx)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
@@ -174,7 +176,7 @@ def open_split(builder: PuzzleDatasetBuilder, split: str) -> PuzzleSource:
         arrays.materialise_from_records(_records(builder, split), path, split)
     columns = arrays.load_columns(path, split)
     return PuzzleSource(columns, metadata_by_split[split], where=f"{path} [{split}]",
-                        batch_extras=builder.batch_extras)
+                        batch_extras=builder.batch_extras, view=builder.batch_view())
 
 
 def load(name: str, split: str, data_dir: str | None = None, **options: Any) -> PuzzleSource:

@@ -210,7 +210,7 @@ def make_eval_batch(model: Any, adaptive: bool = False, with_trace: bool = False
             # Rows read left to right are also generated greedily, each token from the model's own
             # earlier ones (the teacher-forced metrics above see the true earlier tokens).
             gen = vision.greedy_read(lambda tokens: fixed_steps({**batch, "inputs": tokens})[1]["logits"],
-                                     batch["inputs"])
+                                     batch["inputs"], vision.read_length(batch["labels"], batch["causal"]))
             metrics.update(vision.reading_metrics(gen, batch["labels"], batch["causal"]))
             preds = jnp.where(batch["causal"].astype(bool)[:, None], gen, preds)
         if with_trace:

@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import data_pipeline as dp
+from data_pipeline import streaming
 from trm_jax import optim, sharding
 from trm_jax.families import ARCHITECTURES, get_family
 from trm_jax.checkpoint import Checkpointer, CheckpointError
@@ -127,8 +128,13 @@ class Trainer:
         self.workdir = os.path.abspath(workdir)
         get_family(config.model.name).config_cls.check_fields(config.model)  # misspelt fields: before any work
         os.makedirs(self.workdir, exist_ok=True)
-        meta = prepare_data(config, rebuild_dataset)
-        copy_artifacts(config, self.workdir)
+        self.incremental = bool(config.data.get("incremental", False))
+        self.build: Any = None  # the background dataset build of an incremental run
+        if self.incremental:
+            meta = self.start_incremental_data(config, rebuild_dataset)
+        else:
+            meta = prepare_data(config, rebuild_dataset)
+            copy_artifacts(config, self.workdir)
         self.train_meta = meta["train"]
         self.has_eval = "test" in meta
         example = None
@@ -154,16 +160,67 @@ class Trainer:
         self.eval_batch = jax.jit(make_eval_batch(self.model), out_shardings=sharding.replicated(self.mesh))
         self.eval_batch_adaptive = jax.jit(make_eval_batch(self.model, adaptive=True),
                                            out_shardings=sharding.replicated(self.mesh))
-        self.train_iter = dp.train_iterator(self.config.data.name, self.config.data.data_dir or None,
-                                            dict(self.config.data.options),
-                                            global_batch_size=self.config.global_batch_size, seed=self.config.seed,
-                                            # The reference samples eval_interval epochs per iteration.
-                                            epochs_per_iter=int(self.config.eval_interval) or None)
+        data_args = (self.config.data.name, self.config.data.data_dir or None, dict(self.config.data.options))
+        # The reference samples eval_interval epochs per iteration.
+        sampling = dict(global_batch_size=self.config.global_batch_size, seed=self.config.seed,
+                        epochs_per_iter=int(self.config.eval_interval) or None)
+        if self.incremental:
+            self.train_iter = streaming.IncrementalTrainIterator(
+                *data_args, **sampling, first_examples=self.first_shard_rows(),
+                on_stage=lambda i, n: _print(f"training data: stage {i} on the first {n} examples "
+                                             f"(of {self.train_meta.num_examples} planned)"),
+                wait=lambda ready, what: streaming.wait_until(ready, what, self.build,
+                                                              os.path.join(self.workdir, "dataset_build.log"),
+                                                              report=_print))
+        else:
+            self.train_iter = dp.train_iterator(*data_args, **sampling)
         # Last: from here on close() must run (the manager owns background threads).
         self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
                                          max_to_keep=self.config.max_to_keep,
                                          async_save=self.config.async_checkpointing,
                                          best_metric=self.config.keep_best_metric)
+
+    def start_incremental_data(self, config: ml_collections.ConfigDict, rebuild: bool) -> Dict[str, Any]:
+        """``data.incremental``: build the dataset in a background process (unless built) and return
+        the planned metadata once the test split is complete and the first shard of the training
+        split is committed (data_pipeline/streaming.py)."""
+        if jax.process_count() > 1:
+            raise ValueError("data.incremental=True runs on one process (every process would have to see the "
+                             "same shards at the same step); build the dataset first with data.incremental=False")
+        name, data_dir, options = config.data.name, config.data.data_dir or None, dict(config.data.options)
+        if rebuild:
+            dp.ensure_built(name, data_dir, options, rebuild=True)
+        builder = dp.make_builder(name, data_dir, options)
+        log_path = os.path.join(self.workdir, "dataset_build.log")
+        if not builder.is_built():
+            _print(f"building {name} in the background (log: {log_path}); training starts on its first shards")
+            self.build = streaming.start_background_build(name, data_dir, options, log_path,
+                                                          int(config.data.get("shard_rows", 0)) or None)
+            splits = builder.splits()
+            for split in [s for s in splits if s != "train"]:
+                streaming.wait_until(lambda: streaming.progress(builder, split).complete, f"the {split} split",
+                                     self.build, log_path, report=_print)
+            first = self.first_shard_rows(builder, config)
+            streaming.wait_until(lambda: (lambda p: p.examples >= first or p.complete)(streaming.progress(builder, "train")),
+                                 "the first training shard", self.build, log_path, report=_print)
+        meta = {"train": streaming.planned_metadata(builder, "train")}
+        if "test" in builder.splits():
+            meta["test"] = streaming.prefix_source(builder, "test", streaming.progress(builder, "test").examples).metadata
+        return meta
+
+    def first_shard_rows(self, builder: Any = None, config: Any = None) -> int:
+        """Rows of an incremental run's first stage: a shard of the build, at least one global batch."""
+        config = config or self.config
+        builder = builder or dp.make_builder(config.data.name, config.data.data_dir or None, dict(config.data.options))
+        return max(int(config.global_batch_size), int(config.data.get("shard_rows", 0)) or int(builder.SHARD_ROWS or 0))
+
+    def test_source(self) -> Any:
+        """The test split (a dataset still building: its complete, committed test split)."""
+        data = self.config.data
+        if not self.incremental:
+            return dp.load(data.name, "test", data.data_dir or None, **dict(data.options))
+        builder = dp.make_builder(data.name, data.data_dir or None, dict(data.options))
+        return streaming.prefix_source(builder, "test", streaming.progress(builder, "test").examples)
 
     # ------------------------------------------------------------------ state
     def model_inputs(self, batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -252,7 +309,7 @@ class Trainer:
         if not self.has_eval:
             return {}
         data = self.config.data
-        source = dp.load(data.name, "test", data.data_dir or None, **dict(data.options))
+        source = self.test_source()
         batches = dp.eval_dataset(source, global_batch_size=self.config.global_batch_size)
         evaluators = make_evaluators(data.name, data.data_dir or None, dict(data.options))
         params, buffers = self.eval_variables()
@@ -275,6 +332,10 @@ class Trainer:
     def close(self) -> None:
         self.checkpointer.wait()
         self.checkpointer.close()
+        if self.build is not None and self.build.poll() is None:
+            # The build continues from its last committed shard next time (the same command).
+            self.build.terminate()
+            self.build.wait()
 
 
 def _fit_puzzle_table(params: Dict[str, Any], target: Dict[str, Any]) -> Dict[str, Any]:

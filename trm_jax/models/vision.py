@@ -163,11 +163,12 @@ def prefix_lm_bias(causal_B: jax.Array, total_len: int, first_token: int) -> jax
     return jnp.where(masked_BSS, _MASKED, 0.0).astype(jnp.float32)[:, None]
 
 
-def greedy_read(run_logits, inputs_BL: jax.Array) -> jax.Array:
+def greedy_read(run_logits, inputs_BL: jax.Array, length: jax.Array | int | None = None) -> jax.Array:
     """Tokens ``[B, L]`` generated left to right: at step ``t`` the inputs are ``[x_0, y_0 .. y_{t-1},
     pad ...]`` (``x_0 = inputs_BL[:, 0]``, the begin token) and ``y_t`` is the argmax of
     ``run_logits(inputs)[:, t]`` (every supervision step of a fresh evaluation per token: exact,
-    without a key/value cache)."""
+    without a key/value cache). ``length`` (may be traced): generate only the first ``length``
+    tokens (the rest 0), e.g. the longest labelled line of a batch padded to a 900-token grid."""
     B, L = inputs_BL.shape
 
     def step(t, carry):
@@ -179,8 +180,16 @@ def greedy_read(run_logits, inputs_BL: jax.Array) -> jax.Array:
         return tokens_BL, gen_BL
 
     start = jnp.zeros((B, L), jnp.int32).at[:, 0].set(inputs_BL[:, 0])
-    _, gen_BL = jax.lax.fori_loop(0, L, step, (start, jnp.zeros((B, L), jnp.int32)))
+    _, gen_BL = jax.lax.fori_loop(0, L if length is None else length, step, (start, jnp.zeros((B, L), jnp.int32)))
     return gen_BL
+
+
+def read_length(labels_BL: jax.Array, causal_B: jax.Array, ignore: int = -100) -> jax.Array:
+    """The tokens greedy reading must generate: one past the last labelled position of any row read
+    left to right (0 when there is none)."""
+    L = labels_BL.shape[1]
+    labelled = (labels_BL != ignore) & causal_B.astype(bool)[:, None]
+    return jnp.max(jnp.where(labelled, jnp.arange(1, L + 1)[None], 0))
 
 
 def reading_metrics(gen_BL: jax.Array, labels_BL: jax.Array, causal_B: jax.Array, ignore: int = -100) -> dict:
