@@ -49,7 +49,7 @@ def test_patchify_matches_a_loop_over_patches():
     for b in range(2):
         for r in range(2):
             for c in range(3):
-                patch = image[b, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8].astype(np.float64) / 255 * 2 - 1
+                patch = 1 - image[b, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8].astype(np.float64) / 255  # white = 0
                 np.testing.assert_allclose(got[b, r * 3 + c], patch.reshape(-1), atol=1e-6)
 
 

@@ -33,9 +33,11 @@ _MASKED = -65504.0
 
 
 def patchify(image_BHWC: jax.Array, patch: int) -> jax.Array:
-    """``[B, H, W, C]`` uint8 -> ``[B, N, p*p*C]`` float32 in [-1, 1], patches row-major."""
+    """``[B, H, W, C]`` uint8 -> ``[B, N, p*p*C]`` float32 in [0, 1], patches row-major, *inverted*:
+    white paper is 0, so a blank patch embeds to the bias alone and ink (or an ARC colour) is the
+    signal (with white at 1 a constant dominated every patch and the encoder learned far slower)."""
     B, H, W, C = image_BHWC.shape
-    x = image_BHWC.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+    x = 1.0 - image_BHWC.astype(jnp.float32) * (1.0 / 255.0)
     x = x.reshape(B, H // patch, patch, W // patch, patch, C).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(B, (H // patch) * (W // patch), patch * patch * C)
 
@@ -81,9 +83,10 @@ class PatchEmbed(nn.Module):
         D = cfg.hidden_size
         x_BNP = patchify(image_BHWC, cfg.patch_size).astype(cfg.dtype)
         x_BND = casted_dense(D, True, cfg.dtype, "patch_proj")(x_BNP)
-        # Row and column tables of std 1/sqrt(2) each: their sum has unit element scale.
-        row = self.param("pos_row", trunc_normal_init(1 / math.sqrt(2)), (gh, D), jnp.float32)
-        col = self.param("pos_col", trunc_normal_init(1 / math.sqrt(2)), (gw, D), jnp.float32)
+        # Small row and column tables (std 0.02, as ViT's): at unit scale they drowned the pixels'
+        # content after the norm, and reading random letters barely learned (docs/vision.md).
+        row = self.param("pos_row", trunc_normal_init(0.02), (gh, D), jnp.float32)
+        col = self.param("pos_col", trunc_normal_init(0.02), (gw, D), jnp.float32)
         pos_ND = (row[:, None] + col[None, :]).reshape(gh * gw, D)
         return rms_norm(x_BND + pos_ND.astype(cfg.dtype), cfg.rms_norm_eps)
 
@@ -129,7 +132,7 @@ class CapsulePool(nn.Module):
             ids = _child_order(cfg.patch_grid, parent_regions, n // parent_regions)
         onehot_NR = jax.nn.one_hot(ids, n, dtype=jnp.float32)
         mean_BRD = jnp.einsum("bnd,nr->brd", h_BND.astype(jnp.float32), onehot_NR) / onehot_NR.sum(0)[:, None]
-        pos = self.param(f"{name}_pos", trunc_normal_init(1.0), (n, cfg.hidden_size), jnp.float32)
+        pos = self.param(f"{name}_pos", trunc_normal_init(0.02), (n, cfg.hidden_size), jnp.float32)  # as PatchEmbed's
         out = casted_dense(cfg.hidden_size, True, cfg.dtype, f"{name}_proj")(mean_BRD.astype(cfg.dtype))
         return rms_norm(out + pos.astype(cfg.dtype), cfg.rms_norm_eps)
 
