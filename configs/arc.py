@@ -14,6 +14,8 @@ from configs import common
 
 
 VARIANTS = ("arc2", "tiny", "pixels", "unified", *common.ARCHITECTURES)
+# Refused on purpose ('unified' shares the pixel encoder: it goes with 'pixels'); skipped by check --all.
+INVALID_VARIANTS = ("unified", "unified,tiny")
 # The pixel path's fields (trm_jax/models/config.py): regions pooling keeps where on the canvas each
 # capsule looks, which the output grid (at the same offset) needs.
 PIXELS = dict(image_height=224, image_width=224, patch_size=16, vision_capsules=49, vision_pooling="regions")

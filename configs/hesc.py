@@ -13,7 +13,16 @@ Variants (``--config=configs/hesc.py:VARIANTS``, comma-separated):
   text    capsules mode on the capsule text dataset (MiniLM sentence capsules of the Python
           standard library and pydoc topics): inputs are capsules, targets the concept ids of
           masked capsules.
+  vision  the PyTorch ``multimodal_hesc`` on images: pixels mode on the ``vision_unified`` mixture
+          (lines of rendered text read left to right, prefix-LM, and ARC grids given as images with
+          their output grids predicted at once): 224x224 images, 16x16 patches, 12 capsules of 4
+          children pooled by learned queries, 269 tokens, 900 positions, puzzle embeddings (ARC
+          identifiers), no hierarchical attention (docs/hesc.md "Capsules from pixels"). With
+          ``full`` at that scale; with ``tiny`` 64x64 images, 8x8 patches, hidden 64, attention.
+  unified with ``vision``: ``trm_unified``, the TRM's own recursion encodes the patches (no
+          encoder blocks of its own).
 """
+import dataclasses
 from typing import Any
 
 import ml_collections
@@ -36,9 +45,16 @@ QUICKSTART_TRAINING = dict(global_batch_size=32, epochs=20, eval_interval=5, che
                            lr=1e-3, lr_warmup_steps=20, log_interval=10, ema=False)
 
 
-VARIANTS = ("full", "tiny", "text", "arc")
-# Refused on purpose (arc goes with tiny): skipped by ``python -m trm_jax.check --all``.
-INVALID_VARIANTS = ("arc",)
+VARIANTS = ("full", "tiny", "text", "arc", "vision", "unified")
+# Refused on purpose (arc goes with tiny, unified with vision): skipped by ``python -m trm_jax.check --all``.
+INVALID_VARIANTS = ("arc", "unified", "unified,tiny")
+
+# The vision variant: pixels mode (trm_jax/hesc/config.py) on the vision_unified mixture's shared
+# vocabulary (data_pipeline/vision.py: PAD, EOS, ARC colours, BOS, 256 bytes) and its 30x30 canvas.
+VISION = dict(mode="pixels", image_height=224, image_width=224, patch_size=16, vision_capsules=12,
+              capsule_children=4, vision_pooling="queries", prefix_lm=True, vocab_size=269, seq_len=900,
+              enable_hierarchical_attention=False)
+VISION_TINY = dict(image_height=64, image_width=64, patch_size=8)
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     variants = common.parse_variants(arg, VARIANTS)
@@ -78,6 +94,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             config.data.options = dict(preset="tiny", source="")
             # 30x30 grids: ~2 s a step on 2 CPU cores; 30 epochs (~90 steps) keep the check under 10 minutes.
             config.update(dict(epochs=30, eval_interval=10))
+        elif "vision" in variants:
+            # The tiny sizes above with attention (the prefix-LM mask needs it; mlp_t mixes every position).
+            config.update(dict(epochs=30, eval_interval=10))
         else:  # the quick start: easy Sudoku, where exact answers are reachable at this size
             config.data = ml_collections.ConfigDict(dict(name="sudoku", data_dir="", options=dict(preset="easy")))
             # The TRM-MLP backbone (the paper's best Sudoku model) learns the board's fixed row/column/
@@ -87,6 +106,21 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                      capsule_subregions=3, mlp_t=True, pos_encodings="none",
                                      enable_hierarchical_attention=False, L_layers=2, L_cycles=2))
             config.update(QUICKSTART_TRAINING)
-    if "arc" in variants and ("tiny" not in variants or "text" in variants):
+    if "vision" in variants:
+        config.model.update({**VISION, **(VISION_TINY if "tiny" in variants else {}),
+                             "vision_shared": "unified" in variants})
+        # The PyTorch system's default: train on the first shards while the rest builds
+        # (docs/vision.md#streaming); every vision_unified option is listed, so each can be set.
+        from data_pipeline.vision import VisionUnified
+
+        options = VisionUnified.make_options({"preset": "tiny"} if "tiny" in variants else {})
+        config.data = ml_collections.ConfigDict(dict(
+            name="vision_unified", data_dir="", incremental=True, shard_rows=0,
+            options=dataclasses.asdict(options)))
+    if "arc" in variants and ("tiny" not in variants or "text" in variants or "vision" in variants):
         raise ValueError("config variant 'arc' goes with 'tiny' alone (the default data is already ARC-AGI-1)")
+    if "vision" in variants and "text" in variants:
+        raise ValueError("config variants 'vision' and 'text' are two input modes (pixels, capsules): pick one")
+    if "unified" in variants and "vision" not in variants:
+        raise ValueError("config variant 'unified' goes with 'vision' (the image encoder it shares)")
     return config

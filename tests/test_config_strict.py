@@ -27,7 +27,7 @@ KNOWN_VARIANTS = {
     "sudoku": ("mlp", "tiny") + ARCHS,
     "maze": ("tiny",) + ARCHS,
     "arc": ("arc2", "tiny", "pixels", "unified") + ARCHS,
-    "hesc": ("full", "tiny", "text", "arc"),
+    "hesc": ("full", "tiny", "text", "arc", "vision", "unified"),
     "vision": ("tiny", "unified"),
 }
 # The combinations the config files' docstrings document: these must build.
@@ -38,7 +38,8 @@ DOCUMENTED = {
     "arc": ["", "arc2", "tiny", "arc2,tiny", "pixels", "tiny,pixels", "pixels,unified", "tiny,pixels,unified"]
     + [f"{a}{t}" for a in ARCHS for t in ("", ",tiny")],
     "vision": ["", "tiny", "unified", "tiny,unified"],
-    "hesc": ["", "full", "tiny", "text", "tiny,arc", "tiny,text"],
+    "hesc": ["", "full", "tiny", "text", "tiny,arc", "tiny,text", "vision", "full,vision", "tiny,vision",
+             "vision,unified", "full,vision,unified", "tiny,vision,unified"],
 }
 
 

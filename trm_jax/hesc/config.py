@@ -12,7 +12,7 @@ from typing import Any, ClassVar, List, Mapping, Union
 from trm_jax.models.config import ConfigError, TRMConfig, truthy
 from trm_jax.schedules import ANNEAL_KINDS
 
-_MODES = ("tokens", "capsules")
+_MODES = ("tokens", "capsules", "pixels")
 _Q_HEADS = ("mlp", "rnn", "attention")
 _POOLINGS = ("first", "mean")
 _AGGREGATES = ("mean", "max", "sum")
@@ -28,15 +28,17 @@ class HESCConfig(TRMConfig):
     # halting exploration applies on top (to the HALT action) when this is > 0.
     halt_exploration_prob: float = 0.0
 
-    # Input: "tokens" (a puzzle grid; capsules are pooled from it) or "capsules" (a capsule dataset).
+    # Input: "tokens" (a puzzle grid; capsules are pooled from it), "capsules" (a capsule dataset) or
+    # "pixels" (each example's image, encoded by the pixel path of trm_jax/models/vision.py into
+    # vision_capsules capsules of capsule_children children; the tokens follow them, docs/hesc.md).
     mode: str = "tokens"
     # Capsules.
     enable_capsules: bool = True
     capsule_grid: int = 30          # tokens mode: side of the token grid (seq_len = grid^2)
     capsule_regions: int = 3        # regions per side -> k = regions^2 capsules
     capsule_subregions: int = 2     # sub-regions per side of a region -> m = subregions^2 children
-    num_capsules: int = 12          # capsules mode: k (from the dataset)
-    capsule_children: int = 4       # capsules mode: m (from the dataset)
+    num_capsules: int = 12          # capsules mode: k (from the dataset); pixels mode: vision_capsules is k
+    capsule_children: int = 4       # capsules mode: m (from the dataset); pixels mode: m (pooled from the patches)
     capsule_dim: int = 384          # capsules mode: Dc of the data capsules (MiniLM)
     checksum_dim: int = 64
     capsule_aggregate: str = "mean"
@@ -180,9 +182,38 @@ class HESCConfig(TRMConfig):
         if self.enable_memory and self.memory_top_k > self.memory_capacity:
             errors.append("memory_top_k exceeds memory_capacity")
         if self.enable_hierarchical_attention and (self.mlp_t or self.mode != "tokens" or not self.enable_capsules):
-            errors.append("enable_hierarchical_attention needs attention blocks, tokens mode and capsules")
+            errors.append("enable_hierarchical_attention needs attention blocks, tokens mode and capsules (its bias "
+                          f"groups each token with the capsule of its grid region; mode={self.mode!r} has no such map)")
+        errors += self.pixel_errors()
         if errors:
             raise ConfigError("invalid HESC config: " + "; ".join(errors))
+
+    def pixel_errors(self) -> List[str]:
+        """Messages for an image HESC cannot honour: pixels mode needs one (and capsules), the other
+        modes must not have one (their sequence, ``total_len``, has no place for the TRM's image positions)."""
+        if self.mode != "pixels":
+            if self.has_image:
+                return [f"image_height={self.image_height}, image_width={self.image_width}: HESC reads an image only "
+                        f"in mode='pixels' (mode={self.mode!r} has no positions for the image's capsules); set "
+                        "mode='pixels' or image_height=image_width=0"]
+            return []
+        errors = []
+        if not self.has_image:
+            errors.append("mode='pixels' needs an image: set image_height and image_width")
+        if not self.enable_capsules:
+            errors.append("mode='pixels' needs enable_capsules (the image enters the model as its capsules)")
+        if self.capsule_children < 1:
+            errors.append(f"mode='pixels': capsule_children={self.capsule_children} must be >= 1")
+        elif self.has_image and self.vision_pooling == "regions" and not self.vision_errors():
+            from trm_jax.models.vision import _child_order  # (models.vision imports models.config, not this)
+
+            try:
+                _child_order(self.patch_grid, self.vision_capsules, self.capsule_children)
+            except ValueError as e:
+                errors.append(f"mode='pixels', vision_pooling='regions': capsule_children={self.capsule_children} "
+                              f"sub-regions of each of the vision_capsules={self.vision_capsules} regions of the "
+                              f"{self.patch_grid[0]}x{self.patch_grid[1]} patch grid: {e}")
+        return errors
 
     # ----------------------------------------------------------------- derived
     @property
@@ -190,7 +221,9 @@ class HESCConfig(TRMConfig):
         """Capsules per example."""
         if not self.enable_capsules:
             return 0
-        return self.capsule_regions ** 2 if self.mode == "tokens" else self.num_capsules
+        if self.mode == "tokens":
+            return self.capsule_regions ** 2
+        return self.vision_capsules if self.mode == "pixels" else self.num_capsules
 
     @property
     def m(self) -> int:
@@ -199,8 +232,8 @@ class HESCConfig(TRMConfig):
 
     @property
     def capsule_content_dim(self) -> int:
-        """Dc: the space capsule content lives in (the hidden size for grid capsules)."""
-        return self.hidden_size if self.mode == "tokens" else self.capsule_dim
+        """Dc: the space capsule content lives in (the hidden size for grid and image capsules)."""
+        return self.capsule_dim if self.mode == "capsules" else self.hidden_size
 
     @property
     def capsule_offset(self) -> int:
@@ -209,18 +242,19 @@ class HESCConfig(TRMConfig):
 
     @property
     def has_token_positions(self) -> bool:  # type: ignore[override]
-        """Tokens mode embeds the tokens as positions; capsules mode has only capsule positions."""
-        return self.mode == "tokens"
+        """Tokens and pixels modes embed the tokens as positions; capsules mode has only capsule positions."""
+        return self.mode != "capsules"
 
     @property
     def label_offset(self) -> int:
-        """Index of the first predicted position: the tokens (tokens mode) or the capsules."""
-        return self.puzzle_len + (self.k if self.mode == "tokens" else 0)
+        """Index of the first predicted position: the tokens (tokens, pixels mode) or the capsules."""
+        return self.puzzle_len + (self.k if self.has_token_positions else 0)
 
     @property
     def total_len(self) -> int:  # type: ignore[override]
-        """Hidden sequence length: ``[prefix | capsules | tokens]`` or ``[prefix | capsules]``."""
-        return self.puzzle_len + self.k + (self.seq_len if self.mode == "tokens" else 0)
+        """Hidden sequence length: ``[prefix | capsules | tokens]`` or ``[prefix | capsules]`` (capsules
+        mode). In pixels mode the capsules are the image's (the TRM's ``vision_len`` positions, counted once)."""
+        return self.puzzle_len + self.k + (self.seq_len if self.has_token_positions else 0)
 
     @classmethod
     def from_any(cls, cfg: Union["HESCConfig", Mapping[str, Any], Any]) -> "HESCConfig":

@@ -118,7 +118,10 @@ def confidence_loss(cfg: HESCConfig, new_carry: ACTCarry, out: Mapping[str, Any]
     """BCE of the capsule-confidence logits against how right each capsule's part of the answer is.
 
     Tokens mode: the accuracy of the tokens of the capsule's grid region; capsules mode: whether
-    the (masked) capsule's concept is predicted right. Summed over rows, mean over capsules.
+    the (masked) capsule's concept is predicted right; pixels mode: the row's token accuracy, the
+    same for each of its capsules (no token belongs to one capsule: a pooling query may attend to any
+    patch, and a line of text or an output grid is not laid out like the image's regions), over rows
+    with a labelled token. Summed over rows, mean over capsules.
     """
     logits = out["confidence"].astype(jnp.float32)
     labels = new_carry.current_data["labels"]
@@ -128,6 +131,11 @@ def confidence_loss(cfg: HESCConfig, new_carry: ACTCarry, out: Mapping[str, Any]
         region = caps.grid_region_ids(cfg.capsule_grid, cfg.capsule_regions)
         target = caps.region_accuracy(correct, valid, region, cfg.k)
         weight = jnp.ones_like(target)
+    elif cfg.mode == "pixels":
+        counts = valid.sum(-1, keepdims=True).astype(jnp.float32)
+        row_accuracy = (correct * valid).sum(-1, keepdims=True) / jnp.maximum(counts, 1.0)
+        target = jnp.broadcast_to(row_accuracy, logits.shape)
+        weight = jnp.broadcast_to((counts > 0).astype(jnp.float32), logits.shape)
     else:
         target, weight = correct, valid.astype(jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(logits, target)

@@ -5,8 +5,9 @@
 step and its halting rule are the TRM's, and HESC overrides only the hooks:
 
 * ``extra_positions``: capsule positions between the puzzle prefix and the tokens
-  (tokens mode ``[prefix P | capsules k | tokens L]``; capsules mode ``[prefix P | capsules k]``,
-  the answer being the concept ids of the masked capsules);
+  (tokens mode ``[prefix P | capsules k | tokens L]``, capsules pooled from the token grid; pixels
+  mode the same layout, capsules and children pooled from the image by the pixel path; capsules
+  mode ``[prefix P | capsules k]``, the answer being the concept ids of the masked capsules);
 * ``after_h_update``: after each high-level update, ``z_H <- 0.5 z_H + 0.5 VQ(z_H)``,
   ``z_H <- z_H + gate * read(memory)``, and (adaptive H-cycles) rows whose halting value passed
   the threshold stop changing;
@@ -17,6 +18,12 @@ step and its halting rule are the TRM's, and HESC overrides only the hooks:
 
 With every extension off and two actions the model is the TRM: the same parameters, outputs and
 halting (tests/test_hesc_model.py checks it).
+
+Rows read left to right (pixels mode with ``prefix_lm``): besides the TRM's prefix-LM attention
+mask, every whole-row summary (the action head's pooling, hence HALT, EXPAND, the adaptive
+H-cycle exit and memory writes; the latent planner's path scores) reads only the positions before
+the tokens (:func:`pool_mask`), so no position depends on a later token
+(tests/test_hesc_vision.py).
 """
 from __future__ import annotations
 
@@ -81,6 +88,21 @@ def replay_example(cfg: HESCConfig) -> Dict[str, jax.Array]:
     return example
 
 
+def pool_mask(cfg: HESCConfig, data: Mapping[str, jax.Array]) -> Optional[jax.Array]:
+    """``[B, S] bool``: the positions a whole-row summary may read (the action head's pooling, the
+    latent planner's path scores, the memory write without an action head), or None (every position).
+
+    A row read left to right (``prefix_lm``, batch entry ``causal`` 1) pools only the prefix and the
+    capsules, which see no token under the prefix-LM mask: a summary over its tokens would steer every
+    position (halting, EXPAND, the path mix, the H-cycle exit) by the later tokens, and a memory write
+    of it would hand them to the row's next step. Other rows pool every position.
+    """
+    if not (cfg.has_image and cfg.prefix_lm):
+        return None
+    before_tokens = jnp.arange(cfg.total_len) < cfg.label_offset
+    return before_tokens[None, :] | ~data["causal"].astype(bool)[:, None]
+
+
 class HESCInner(TRMInner):
     """The TRM's recursion step with HESC's hooks; ``ctx`` is the step's :class:`dict` from ``HESC.begin_step``."""
 
@@ -120,17 +142,17 @@ class HESCInner(TRMInner):
             self.rnd = dqn.RND(hidden=cfg.rnd_hidden, features=cfg.rnd_hidden)
 
     # ------------------------------------------------------------------ capsules
+    def vision_children(self) -> int:
+        """Pixels mode: the image pooling also makes each capsule's ``m`` children (EXPAND opens them)."""
+        return self.cfg.m if self.cfg.mode == "pixels" else 0
+
     def extra_positions(self, tok_BLD, data, ctx):
         cfg = self.cfg
         if not cfg.enable_capsules:
             return None, {}
         scale = math.sqrt(cfg.hidden_size)
         mask_Bk, target_Bk = ctx["capsule_mask"], ctx["capsule_target"]
-        if cfg.mode == "tokens":
-            # Pooled from the (unit-scale) token embeddings; grid capsules live in the hidden space.
-            sketches, children, checksums = self.capsule_encoder(scale * tok_BLD, data["inputs"] != 0)
-            project = lambda c: c.astype(cfg.dtype)  # noqa: E731
-        else:
+        if cfg.mode == "capsules":
             # Data capsules are unit-norm sentence embeddings: project to D, then to unit element scale.
             sketches, children, checksums = (data[k].astype(jnp.float32) for k in ("sketches", "children", "checksums"))
             if target_Bk is not None:
@@ -141,6 +163,10 @@ class HESCInner(TRMInner):
 
             def project(c):
                 return scale * self.capsule_proj(c) + self.capsule_pos.astype(cfg.dtype)
+        else:
+            # Grid (tokens mode) and image (pixels mode) capsules are made in the hidden space at unit scale.
+            sketches, children, checksums = self.learned_capsules(tok_BLD, data)
+            project = lambda c: c.astype(cfg.dtype)  # noqa: E731
         state = caps.CapsuleState(sketches=sketches, children=children, checksums=checksums,
                                   expanded_mask=mask_Bk, num_expansions=jnp.zeros(mask_Bk.shape[:1], jnp.int32))
         cap_emb = project(caps.effective_content(state, cfg.capsule_aggregate))
@@ -154,6 +180,18 @@ class HESCInner(TRMInner):
                 "capsule_agg_emb": agg_emb}
         return cap_emb / scale, info  # the TRM scales every position by sqrt(D)
 
+    def learned_capsules(self, tok_BLD, data):
+        """``(sketches [B, k, D], children [B, k, m, D], checksums [B, k, R])`` the model makes itself:
+        pooled from the token embeddings ``tok_BLD`` (scaled to unit scale) by the grid encoder (tokens
+        mode), or from the image by the pixel path's encoder and pooling (pixels mode;
+        ``TRMInner.image_capsules``, unit RMS), with the grid encoder's checksums (a fixed projection
+        of the children)."""
+        cfg = self.cfg
+        if cfg.mode == "tokens":
+            return self.capsule_encoder(math.sqrt(cfg.hidden_size) * tok_BLD, data["inputs"] != 0)
+        sketches, children = self.image_capsules(data)
+        return sketches, children, caps.checksum_projection(children, cfg.checksum_dim)
+
     # ------------------------------------------------------------------ recursion hooks
     def recursion_context(self, ctx):
         rctx = super().recursion_context(ctx)
@@ -164,6 +202,7 @@ class HESCInner(TRMInner):
                                                             weak=cfg.hierarchical_bias_weak)
         rctx["memory"] = ctx["memory"]
         rctx["rnn_state"] = ctx["rnn_state"]
+        rctx["pool_mask"] = ctx["pool_mask"]
         return rctx
 
     def cycle_state_init(self, batch_size: int):
@@ -175,15 +214,16 @@ class HESCInner(TRMInner):
     def stops_early(self, train: bool) -> bool:
         return self.cfg.enable_adaptive_hcycles and not train
 
-    def halt_value(self, z_H: jax.Array, rnn_state: Optional[jax.Array]) -> jax.Array:
+    def halt_value(self, z_H: jax.Array, rnn_state: Optional[jax.Array], mask: Optional[jax.Array]) -> jax.Array:
         """``[B]`` how much the policy prefers halting now, from trained heads only.
 
         3 actions: ``Q(HALT) - Q(CONTINUE)`` of the action head (trained by the DQN). 2 actions: the
         halting head's ``q_halt`` logit (``no_ACT_continue``; trained by the halt BCE) or
         ``q_halt - q_continue`` (both trained, the continue logit by its bootstrapped target).
+        ``mask``: the positions the action head pools (:func:`pool_mask`).
         """
         if self.cfg.q_head_num_actions == 3:
-            q, _, _ = self.action_head(z_H, rnn_state)
+            q, _, _ = self.action_head(z_H, rnn_state, mask)
             return q[:, HALT] - q[:, CONTINUE]
         q_halt, q_continue = self.halt_logits(z_H)
         return q_halt if self.cfg.no_ACT_continue else q_halt - q_continue
@@ -206,7 +246,8 @@ class HESCInner(TRMInner):
         keep = ~exited
         z_H = jnp.where(keep[:, None, None], z_H_new, z_H)
         z_L = jnp.where(keep[:, None, None], z_L_new, z_L)
-        confident = jax.lax.stop_gradient(self.halt_value(z_H, rctx["rnn_state"])) > cfg.hcycle_confidence_threshold
+        value = jax.lax.stop_gradient(self.halt_value(z_H, rctx["rnn_state"], rctx["pool_mask"]))
+        confident = value > cfg.hcycle_confidence_threshold
         return ({"z_H": z_H, "z_L": z_L}, (exited | confident, cycles + keep.astype(jnp.int32))), stats
 
     def merge_cycle_stats(self, early, last):
@@ -223,9 +264,14 @@ class HESCInner(TRMInner):
         return merged
 
     def after_recursion(self, z_H, rctx):
-        if not self.cfg.enable_latent_planning:
+        cfg = self.cfg
+        if not cfg.enable_latent_planning:
             return z_H, {}
-        z_H, plan = self.planner(z_H, lambda h, inj: self.L_level(h, inj, rctx["cos_sin"], rctx["bias"]))
+        bias = rctx["bias"]
+        if bias is not None and bias.ndim == 4 and bias.shape[0] > 1:
+            # A per-row bias (the prefix-LM mask) follows its row's paths, folded into the batch row-major.
+            bias = jnp.repeat(bias, cfg.latent_num_paths, axis=0)
+        z_H, plan = self.planner(z_H, lambda h, inj: self.L_level(h, inj, rctx["cos_sin"], bias), rctx["pool_mask"])
         return z_H, {"planning_entropy": plan["planning_entropy"]}
 
     # ------------------------------------------------------------------ heads
@@ -237,11 +283,12 @@ class HESCInner(TRMInner):
         if "planning_entropy" in info:
             out["planning_entropy"] = info["planning_entropy"]
         if cfg.q_head_num_actions == 3:
-            out["q_values"], out["rnn_state"], out["replay_state"] = self.action_head(z_H, ctx["rnn_state"])
+            out["q_values"], out["rnn_state"], out["replay_state"] = self.action_head(z_H, ctx["rnn_state"],
+                                                                                      ctx["pool_mask"])
         if cfg.enable_memory:
             # What a memory write stores: the Q-head's pooled state, or the plain mean without one.
             out["pooled"] = out["replay_state"]["x"] if "replay_state" in out else \
-                jax.lax.stop_gradient(masked_mean(z_H, None))
+                jax.lax.stop_gradient(masked_mean(z_H, ctx["pool_mask"]))
         if cfg.enable_capsules:
             P, k = cfg.puzzle_len, cfg.k
             z_caps = z_H[:, P:P + k]
@@ -298,7 +345,7 @@ class HESC(TRM):
             # Only masked capsules are predicted (real targets: their concept ids).
             data = dict(data, labels=jnp.where(reset_B[:, None] & ~target, IGNORE_LABEL_ID, data["labels"]))
         ctx = {"capsule_mask": capsule_mask, "capsule_target": target, "memory": inputs.get("memory"),
-               "rnn_state": extras.rnn_state,
+               "rnn_state": extras.rnn_state, "pool_mask": pool_mask(cfg, data),
                # Per child; annealed by the train step (hesc/objective.py), the configured value otherwise.
                "expansion_cost": inputs.get("expansion_cost", cfg.expansion_cost_per_child)}
         return extras, data, ctx

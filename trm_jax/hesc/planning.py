@@ -6,12 +6,13 @@ Each path starts from ``h + path_embedding[p]`` and, for ``depth`` steps, feeds 
 hidden state back as the next input, ``h_p <- f(h_p, h_p)`` (``f`` is the model's shared
 reasoning module — the "continuous thought" is the hidden state itself, never a token).
 The paths are folded into the batch (``[B*P, S, D]``) so ``f`` is traced ``depth`` times,
-not ``P * depth``. A small head scores each path's mean-pooled final state; the paths are
-combined by ``softmax(scores)`` (differentiable) or by the best score (straight-through).
+not ``P * depth``. A small head scores each path's mean-pooled final state (the mean over a
+row's ``mask`` positions when given); the paths are combined by ``softmax(scores)``
+(differentiable) or by the best score (straight-through).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -57,13 +58,17 @@ class LatentPlanner(nn.Module):
     rms_norm_eps: float = 1e-5
 
     @nn.compact
-    def __call__(self, h_BSD: jax.Array, f: ReasoningFn) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    def __call__(self, h_BSD: jax.Array, f: ReasoningFn,
+                 mask_BS: Optional[jax.Array] = None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
         """Run the paths and combine them.
 
         Args:
           h_BSD: ``[B, S, D]`` starting state (e.g. ``z_H``).
           f: the shared reasoning module as ``f(h, injection) -> h``, shapes ``[N, S, D]``;
             called ``depth`` times on the folded batch ``N = B * P``.
+          mask_BS: ``[B, S] bool``, the positions the path scores read (None: all). A row read left
+            to right scores from positions that see no token, so the mix (which every position
+            takes) cannot carry a later token to an earlier one.
 
         Returns:
           ``h_out [B, S, D]`` in ``h``'s dtype, and ``info`` (see the class docstring).
@@ -82,7 +87,14 @@ class LatentPlanner(nn.Module):
             paths = f(paths, paths)
         paths_BPSD = paths.reshape(B, P, S, D)
 
-        pooled_BPD = rms_norm(jnp.mean(paths_BPSD.astype(jnp.float32), axis=2), self.rms_norm_eps)
+        paths32 = paths_BPSD.astype(jnp.float32)
+        if mask_BS is None:
+            mean_BPD = jnp.mean(paths32, axis=2)
+        else:
+            w_BS = mask_BS.astype(jnp.float32)
+            mean_BPD = (jnp.sum(paths32 * w_BS[:, None, :, None], axis=2)
+                        / jnp.maximum(w_BS.sum(-1), 1.0)[:, None, None])
+        pooled_BPD = rms_norm(mean_BPD, self.rms_norm_eps)
         hid = nn.Dense(self.score_width, dtype=self.dtype, param_dtype=jnp.float32,
                        kernel_init=lecun_trunc_normal_init(), name="score_hidden")(pooled_BPD.astype(self.dtype))
         scores_BP = nn.Dense(1, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=lecun_trunc_normal_init(),
