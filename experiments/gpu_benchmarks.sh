@@ -4,7 +4,7 @@
 #
 #   experiments/gpu_benchmarks.sh OUT_DIR [PARTS] [REFERENCE_DIR]
 #
-# PARTS: comma-separated from env,parity,sudoku,arc,hesc,torch,lm, or all (the default).
+# PARTS: comma-separated from env,parity,sudoku,arc,hesc,torch,lm,vision, or all (the default).
 #
 # Results are appended as JSON lines to OUT_DIR/gpu_results.jsonl; the console log says
 # which command produced each. REFERENCE_DIR is a checkout of
@@ -54,6 +54,17 @@ if has lm; then
     run 200 python3 -m trm_jax.generate --workdir="$OUT/${task}_default" --prompt="def" --max_new_tokens=256 \
         --temperature=0
   done
+fi
+if has vision; then
+  # The pixel path (docs/vision.md): the PyTorch system's default job at the multimodal_hesc size
+  # (hesc.py:full,vision on 224x224 images of vision_unified), HESC's single-GPU size, the reading
+  # TRM (vision_optimized) and ARC from pixels; examples/s of the full train step on random data.
+  run 400 $B --config=configs/hesc.py:full,vision --batch_size=32
+  run 300 $B --config=configs/hesc.py:vision --batch_size=64
+  run 200 $B --config=configs/vision.py --breakdown
+  run 200 $B --config=configs/vision.py:unified
+  run 240 $B --config=configs/arc.py:pixels --batch_size=192
+  run 120 python3 experiments/benchmark_vision.py --skip_builds --batch_size=256 --json_out=$J
 fi
 if has torch; then
   R="python3 experiments/benchmark_torch_reference.py --reference_dir=$REF --steps=20 --json_out=$J"

@@ -99,6 +99,7 @@ def _first_step(cfg, variables, batch, memory):
     return jax.tree.map(lambda x: x[0], (carries, outs))
 
 
+@pytest.mark.slow  # a minute of compilation on 2 cores: the second CI step
 def test_pixels_mode_sequence_shapes_and_capsules_are_the_pixel_paths():
     cfg = _cfg()
     P, k, m, D, L = cfg.puzzle_len, 4, 2, 32, 10
@@ -270,6 +271,7 @@ def test_configs_hesc_vision_variants():
         hesc.get_config("unified")
 
 
+@pytest.mark.slow  # a minute of compilation on 2 cores: the second CI step
 def test_train_step_runs_and_trains_the_encoder():
     cfg = _cfg()
     tx, state = _fresh_state(cfg)
