@@ -488,7 +488,6 @@ class Arc(PuzzleDatasetBuilder):
 
     def __init__(self, **kwargs: Any):
         self._plans: list[TaskPlan] | None = None
-        self._describing = False
         super().__init__(**kwargs)
 
     @classmethod
@@ -515,15 +514,6 @@ class Arc(PuzzleDatasetBuilder):
         limit = f"-n{o.tasks_per_subset}" if o.tasks_per_subset else ""
         return f"{src}-{names}-test_{o.test_subset}-aug{o.num_aug}{limit}"
 
-    # The identifier count needs the augmentation plan (it reads the sources); TFDS describes the
-    # features when the builder is made (also to load a built dataset), which only needs seq_len.
-    def _info(self) -> tfds.core.DatasetInfo:
-        self._describing = True
-        try:
-            return super()._info()
-        finally:
-            self._describing = False
-
     def plans(self) -> list[TaskPlan]:
         """The build plan (made once per builder). During a build it is also saved with the
         build's progress: planning ~1000 tasks takes minutes, and a resumed build reuses it."""
@@ -542,6 +532,8 @@ class Arc(PuzzleDatasetBuilder):
         return self._plans
 
     def static_metadata(self) -> StaticMetadata:
+        # The identifier count needs the augmentation plan (it reads the sources); describing the
+        # features (also to load a built dataset) needs only seq_len (PuzzleDatasetBuilder._info).
         if self._describing:
             num_identifiers = 1
         else:

@@ -311,6 +311,9 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
                  shard_rows: int | None = None,
                  **kwargs: Any):
         opts = self.make_options(options)
+        # True while TFDS describes the features (``_info``): a builder whose static metadata needs
+        # costly planning (ARC's identifier count) answers with what describing needs (seq_len).
+        self._describing = False
         config = PuzzleBuilderConfig(name=self.config_name(opts), description=self.describe(opts),
                                      options=opts)
         self.options = opts
@@ -462,7 +465,11 @@ class PuzzleDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
 
     # -- TFDS ------------------------------------------------------------------------------
     def _info(self) -> tfds.core.DatasetInfo:
-        seq_len = self.static_metadata().seq_len
+        self._describing = True
+        try:
+            seq_len = self.static_metadata().seq_len
+        finally:
+            self._describing = False
         # BYTES encoding keeps int32 as raw bytes: 2-8x faster to decode than int64 lists.
         token = lambda: tfds.features.Tensor(shape=(seq_len,), dtype=np.int32,
                                              encoding=tfds.features.Encoding.BYTES)

@@ -72,35 +72,46 @@ def progress(builder: PuzzleDatasetBuilder, split: str) -> Progress:
     return Progress(int(state["examples"]), int(state["groups"]), bool(state["complete"]))
 
 
-def _committed_columns(builder: PuzzleDatasetBuilder, split: str) -> tuple[dict[str, np.ndarray], int]:
-    """The committed chunks of a build in progress, concatenated per field, and their row count."""
+def _committed_columns(builder: PuzzleDatasetBuilder, split: str,
+                       keys: tuple[str, ...] | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """The committed chunks of a build in progress, concatenated per field (``keys``: only these),
+    and their row count."""
     state = _state(builder, split)
     if state is None:
         raise FileNotFoundError(f"{builder.name} {split}: nothing committed yet in {builder.build_state_dir}")
     spool = os.path.join(builder.build_state_dir, split, "columns")
     columns = {}
     for key, names in state["columns"]["chunks"].items():
+        if keys is not None and key not in keys:
+            continue
         chunks = [np.load(os.path.join(spool, name), mmap_mode="r") for name in names]
         columns[key] = np.concatenate(chunks) if len(chunks) > 1 else np.asarray(chunks[0])
     return columns, int(state["columns"]["count"])
+
+
+def _readable_columns(builder: PuzzleDatasetBuilder, split: str,
+                      keys: tuple[str, ...] | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """The columns of ``split`` readable now (``keys``: only these) and their row count: the finished
+    dataset's (memory-mapped), or the committed shards of a build in progress."""
+    for attempt in range(20):  # the build may finish (and remove its state) between two reads
+        try:
+            if builder.is_built():
+                columns = arrays.load_columns(os.fspath(builder.data_path), split)
+                available = len(columns["inputs"])
+                return ({k: v for k, v in columns.items() if k in keys} if keys else columns), available
+            return _committed_columns(builder, split, keys)
+        except (FileNotFoundError, OSError):
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def prefix_source(builder: PuzzleDatasetBuilder, split: str, examples: int) -> PuzzleSource:
     """A :class:`PuzzleSource` of the first ``examples`` rows of ``split`` (a group boundary of
     the build), read from the finished dataset or from the committed shards of a build in progress."""
     static = builder.static_metadata()
-    for attempt in range(20):  # the build may finish (and remove its state) between two reads
-        try:
-            if builder.is_built():
-                columns = arrays.load_columns(os.fspath(builder.data_path), split)
-                available = len(columns["inputs"])
-            else:
-                columns, available = _committed_columns(builder, split)
-            break
-        except (FileNotFoundError, OSError):
-            if attempt == 19:
-                raise
-            time.sleep(0.5)
+    columns, available = _readable_columns(builder, split)
     if examples > available:
         raise DataError(f"{builder.name} {split}: {examples} examples asked for, {available} committed",
                         path=builder.build_state_dir)
@@ -221,7 +232,8 @@ class IncrementalTrainIterator:
         done = progress(self.builder, "train")
         if done.examples <= max(want, last):
             return done.examples if done.complete else None
-        group_ids = np.asarray(prefix_source(self.builder, "train", done.examples).columns["group_id"])
+        # Only the group ids (a poll while waiting must not concatenate every committed column).
+        group_ids = np.asarray(_readable_columns(self.builder, "train", ("group_id",))[0]["group_id"])
         rows = int(np.searchsorted(group_ids, group_ids[want], side="left"))
         if rows <= last:  # doubling stays inside one (large) group: take the group after the last stage
             rows = int(np.searchsorted(group_ids, group_ids[last], side="right"))

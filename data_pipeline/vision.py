@@ -560,7 +560,6 @@ class VisionUnified(_Streamed, PuzzleDatasetBuilder):
     def __init__(self, *, data_dir: str | None = None, **kwargs: Any):
         self._part_data_dir = data_dir
         self._parts: tuple[RenderedText, ArcPixels] | None = None
-        self._describing = False
         super().__init__(data_dir=data_dir, **kwargs)
 
     # -- options -----------------------------------------------------------------------------
@@ -614,15 +613,6 @@ class VisionUnified(_Streamed, PuzzleDatasetBuilder):
     @property
     def seq_len(self) -> int:
         return max(arc.SEQ_LEN, self.options.max_chars + 1)
-
-    # Describing the features (also to load a built dataset) needs only seq_len; the identifier
-    # count needs the ARC plan (as in ``arc``).
-    def _info(self) -> tfds.core.DatasetInfo:
-        self._describing = True
-        try:
-            return super()._info()
-        finally:
-            self._describing = False
 
     def static_metadata(self) -> StaticMetadata:
         # The ARC part's identifiers (0 blank, then 1, 2, ...) unchanged: text rows use 0.
